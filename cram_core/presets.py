@@ -1,0 +1,103 @@
+"""Presets: plain functions that start from a base RunConfig and change a few fields.
+
+``crammed-bert`` is the paper's final recipe (the dataclass defaults); ``bert-base`` resets every group
+to original BERT; ``tiny`` is for a laptop CPU; ``small`` and ``crammed-bert-short`` are for sweeps whose
+budget is minutes, where the paper's 8192-sequence batch would make only a few hundred steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from cram_core.config import (
+    BudgetConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+
+def crammed_bert() -> RunConfig:
+    """The paper's final recipe (ABLATIONS.md): 16x768 pre-LN GLU BERT, triangle LR, batch 8192 ramped."""
+    return RunConfig(budget=BudgetConfig(seconds=86400.0), train=TrainConfig(micro_batch_size=256))
+
+
+def crammed_bert_short() -> RunConfig:
+    """crammed-bert architecture with a batch that fits a budget of minutes (see DESIGN.md, The budget)."""
+    cfg = crammed_bert()
+    return replace(
+        cfg,
+        train=replace(cfg.train, batch_size=512, micro_batch_size=256, batch_ramp=0.3),
+        budget=BudgetConfig(seconds=600.0),
+    )
+
+
+def bert_base() -> RunConfig:
+    """Original BERT-base: post-LN, learned positions, all biases, head transform, dropout, 15% masking."""
+    return RunConfig(
+        model=ModelConfig(
+            num_layers=12,
+            qkv_bias=True,
+            linear_bias=True,
+            decoder_bias=True,
+            mlp="plain",
+            norm_scheme="post",
+            final_norm=False,
+            position_embedding="learned",
+            max_seq_len=512,
+            head_transform=True,
+            sparse_prediction=False,
+            dropout=0.1,
+            attention_dropout=0.1,
+        ),
+        objective=ObjectiveConfig(mask_rate=0.15),
+        optim=OptimConfig(lr=1e-4, beta2=0.999, eps=1e-6, grad_clip=1.0),
+        train=TrainConfig(schedule="linear", warmup=0.01, batch_size=256, micro_batch_size=128, batch_ramp=0.0),
+        data=DataConfig(compressibility=None, ordering="random"),
+        budget=BudgetConfig(seconds=86400.0),
+    )
+
+
+def small() -> RunConfig:
+    """A 4-layer crammed-bert for quick GPU sweeps or patient CPU runs."""
+    cfg = crammed_bert()
+    return replace(
+        cfg,
+        model=replace(cfg.model, num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024),
+        train=replace(cfg.train, batch_size=256, micro_batch_size=64, batch_ramp=0.3),
+        data=replace(cfg.data, vocab_size=8192),
+        budget=BudgetConfig(seconds=300.0),
+    )
+
+
+def tiny() -> RunConfig:
+    """A 2-core-CPU model on the bundled sample: a visible loss drop in 30 seconds."""
+    cfg = crammed_bert()
+    return replace(
+        cfg,
+        model=replace(cfg.model, num_layers=2, hidden_size=128, num_heads=4, ffn_size=512, max_seq_len=64),
+        train=replace(cfg.train, batch_size=32, micro_batch_size=32, batch_ramp=0.0, log_every=5, eval_sequences=64),
+        optim=replace(cfg.optim, lr=2e-3),
+        data=replace(cfg.data, vocab_size=2048, seq_len=64),
+        budget=BudgetConfig(seconds=30.0),
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "tiny": tiny,
+    "small": small,
+    "crammed-bert": crammed_bert,
+    "crammed-bert-short": crammed_bert_short,
+    "bert-base": bert_base,
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]()
