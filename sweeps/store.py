@@ -1,0 +1,183 @@
+"""The results store: SQLAlchemy 2.x models for sweeps, trials, metric points and eval results.
+
+One SQLite file (``./results.db``, WAL mode) by default; any SQLAlchemy URL (PostgreSQL for clusters).
+Our tables are prefixed ``cram_`` so they never collide with Optuna's, which live in the same database.
+Every trial row describes itself: config JSON + hash, seed, git SHA + dirty flag, host, hardware,
+library versions, budget, timings and final metrics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+DEFAULT_STORE = "sqlite:///results.db"
+TRIAL_STATUSES = ("planned", "running", "completed", "diverged", "failed", "cancelled")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SweepRow(Base):
+    __tablename__ = "cram_sweeps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    definition: Mapped[dict] = mapped_column(JSON)
+    "the resolved sweep: preset, budget, seeds, variants with their overrides"
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    trials: Mapped[list[TrialRow]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
+
+
+class TrialRow(Base):
+    __tablename__ = "cram_trials"
+    __table_args__ = (UniqueConstraint("sweep_id", "config_hash", "seed", name="uq_trial_config_seed"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("cram_sweeps.id"), index=True)
+    variant: Mapped[str] = mapped_column(String(200))
+    seed: Mapped[int] = mapped_column(Integer)
+    is_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
+    config: Mapped[dict] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="planned")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # provenance
+    git_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    git_dirty: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    hardware: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    versions: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    budget_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    budget_amount: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # timings (seconds); train_s is budget time, the others are outside the budget
+    prepare_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    compile_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # final metrics
+    final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    flops: Mapped[float | None] = mapped_column(Float, nullable=True)
+    steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mfu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    params: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    "the trainer's full summary, for anything not promoted to a column"
+    optuna_trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sweep: Mapped[SweepRow] = relationship(back_populates="trials")
+    metrics: Mapped[list[MetricRow]] = relationship(back_populates="trial", cascade="all, delete-orphan")
+    evals: Mapped[list[EvalRow]] = relationship(back_populates="trial", cascade="all, delete-orphan")
+
+
+class MetricRow(Base):
+    __tablename__ = "cram_metrics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("cram_trials.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    progress: Mapped[float] = mapped_column(Float)
+    tokens: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    flops: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq_len: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mfu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trial: Mapped[TrialRow] = relationship(back_populates="metrics")
+
+
+class EvalRow(Base):
+    __tablename__ = "cram_evals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("cram_trials.id"), index=True)
+    task: Mapped[str] = mapped_column(String(100))
+    metric: Mapped[str] = mapped_column(String(50))
+    value: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    trial: Mapped[TrialRow] = relationship(back_populates="evals")
+
+
+METRIC_FIELDS = ("step", "progress", "tokens", "seconds", "flops", "loss", "lr", "batch_size", "seq_len",
+                 "tokens_per_second", "mfu")
+SUMMARY_FIELDS = ("final_loss", "eval_loss", "tokens", "seconds", "flops", "steps", "tokens_per_second", "mfu",
+                  "params")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or is not ours; the message is one line."""
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block our writes
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str = DEFAULT_STORE, *, create: bool = True) -> Engine:
+    """Engine for ``url``; with ``create=False`` a missing SQLite file or missing tables is a StoreError."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.exists():
+            raise StoreError(f"no store at {path} (run a sweep first, or pass --store URL)")
+    try:
+        engine = create_engine(url, future=True)
+    except Exception as e:  # bad URL or missing driver: one line for the user
+        raise StoreError(f"cannot open store {url!r}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        Base.metadata.create_all(engine)
+    elif not inspect(engine).has_table(TrialRow.__tablename__):
+        raise StoreError(f"store {url!r} has no cram tables (not a results store?)")
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False, future=True)
+
+
+def metric_row(trial_id: int, record: dict[str, Any]) -> MetricRow:
+    return MetricRow(trial_id=trial_id, **{k: _finite(record.get(k)) for k in METRIC_FIELDS})
+
+
+def _finite(v: Any) -> Any:
+    # SQLite stores NaN as NULL anyway; make it explicit so diverged curves read back cleanly
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def to_json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
