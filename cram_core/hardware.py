@@ -1,0 +1,128 @@
+"""Device resolution, peak-FLOP table for MFU, and provenance (hardware name, library versions)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from cram_core.config import ImplConfig
+
+# Dense bf16 tensor-core peak (datasheet, without sparsity), FLOP/s. Matched by substring of the
+# device name, most specific first. MFU against these is the convention; `bench` also reports
+# utilisation against a measured matmul rate, which is the ceiling code can actually reach.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A6000": 155e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def resolve_device(impl: ImplConfig) -> torch.device:
+    if impl.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("impl.device=cuda but CUDA is not available here; use impl.device=cpu or auto")
+    if impl.device == "cpu" or (impl.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def resolve_dtype(impl: ImplConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for plain fp32."""
+    choice = impl.precision
+    if choice == "auto":
+        choice = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def should_compile(impl: ImplConfig, device: torch.device) -> bool:
+    return impl.compile == "on" or (impl.compile == "auto" and device.type == "cuda")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu} ({torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Datasheet bf16 peak for known GPUs; None on CPU or an unknown GPU (MFU is then not reported)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype | None, size: int = 4096, reps: int = 10) -> float:
+    """Measured dense matmul rate (FLOP/s) on this device: the practical ceiling for MFU-like figures."""
+    if device.type == "cpu":
+        size = min(size, 1024)
+    dt = dtype or torch.float32
+    a = torch.randn(size, size, device=device, dtype=dt)
+    b = torch.randn(size, size, device=device, dtype=dt)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * reps / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def versions() -> dict[str, str | None]:
+    import numpy
+
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numpy": numpy.__version__,
+    }
+    try:
+        import tokenizers
+
+        out["tokenizers"] = tokenizers.__version__
+    except ImportError:
+        out["tokenizers"] = None
+    return out
+
+
+def git_state(path: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit SHA, dirty flag) of the checkout holding this package, or (None, None) outside git."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=where, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None

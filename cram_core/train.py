@@ -1,0 +1,424 @@
+"""The fixed-budget training loop and its CLI: ``python -m cram_core.train --preset tiny budget.seconds=60``.
+
+Order of events: prepare data -> build model, objective, optimizer -> compile + warm up every shape the
+run will use (clock stopped; weights untouched, RNGs reset afterwards) -> train until the budget clock says
+p = 1 (LR, batch ramp and curriculum read only p) -> evaluate on held-out sequences (clock stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cram_core import checkpoint as ckpt
+from cram_core import hardware
+from cram_core.averaging import WeightAverager
+from cram_core.budget import BudgetClock
+from cram_core.config import ConfigError, ObjectiveConfig, RunConfig, apply_overrides, list_flags
+from cram_core.model import build_model, training_flops_per_sequence
+from cram_core.objective import MLMObjective
+from cram_core.optim import build_optimizer, clip_grad_norm
+from cram_core.schedules import batch_size_at, lr_factor, seq_len_at
+
+MetricsCallback = Callable[[dict[str, Any]], None]
+EVAL_MASK_SEED = 20221229  # every trial is evaluated on the same held-out masks
+EVAL_OBJECTIVE = ObjectiveConfig(mask_rate=0.15, split_80_10_10=True, loss="cross-entropy")
+
+
+@dataclass
+class Parts:
+    """Everything a training step touches; built once by `build_parts`, shared with `bench`."""
+
+    cfg: RunConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    model: torch.nn.Module
+    step_model: Callable[..., torch.Tensor]  # compiled or plain forward
+    objective: MLMObjective
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    vocab_size: int
+    flops_cache: dict[int, float] = field(default_factory=dict)
+
+    def flops_per_sequence(self, seq_len: int) -> float:
+        if seq_len not in self.flops_cache:
+            m = self.objective.num_predictions(seq_len)
+            self.flops_cache[seq_len] = training_flops_per_sequence(self.cfg.model, self.vocab_size, seq_len, m)
+        return self.flops_cache[seq_len]
+
+
+def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
+    device = hardware.resolve_device(cfg.impl)
+    if cfg.impl.threads:
+        torch.set_num_threads(cfg.impl.threads)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, vocab_size).to(device)
+    fused = cfg.impl.fused_optimizer and device.type == "cuda"
+    optimizer = build_optimizer(cfg.optim, model, fused=fused)
+    step_model: Callable[..., torch.Tensor] = model
+    if hardware.should_compile(cfg.impl, device):
+        step_model = torch.compile(model, mode=None if cfg.impl.compile_mode == "default" else cfg.impl.compile_mode)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    return Parts(
+        cfg=cfg,
+        device=device,
+        amp_dtype=hardware.resolve_dtype(cfg.impl, device),
+        model=model,
+        step_model=step_model,
+        objective=MLMObjective(cfg.objective, vocab_size),
+        optimizer=optimizer,
+        generator=generator,
+        vocab_size=vocab_size,
+    )
+
+
+def reshape_for_length(batch: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """A curriculum stage keeps tokens per micro-batch fixed: [B, L] -> [B*L/l, l] (truncating if l ∤ L)."""
+    full = batch.shape[1]
+    if seq_len >= full:
+        return batch
+    usable = (full // seq_len) * seq_len
+    return batch[:, :usable].reshape(-1, seq_len)
+
+
+def forward_loss(parts: Parts, tokens: torch.Tensor, objective: MLMObjective, generator: torch.Generator,
+                 model: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    masked = objective.mask(tokens, generator)
+    with torch.autocast(parts.device.type, dtype=parts.amp_dtype or torch.float32, enabled=parts.amp_dtype is not None):
+        logits = (model or parts.step_model)(masked.input_ids, masked.positions, masked.position_ids)
+    return objective.loss(logits, masked.targets)
+
+
+def accumulate_gradients(parts: Parts, micro_batches: list[torch.Tensor]) -> torch.Tensor:
+    """Forward/backward over the micro-batches of one optimizer step; returns the mean loss (on device)."""
+    total = torch.zeros((), device=parts.device)
+    scale = 1.0 / len(micro_batches)
+    for batch in micro_batches:
+        loss = forward_loss(parts, batch, parts.objective, parts.generator)
+        (loss * scale).backward()
+        total += loss.detach() * scale
+    return total
+
+
+def optimizer_step(parts: Parts, micro_batches: list[torch.Tensor], lr: float) -> torch.Tensor:
+    """One optimizer step at learning rate ``lr``; SAM re-runs the same (masked) micro-batches in its closure."""
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    if getattr(parts.optimizer, "needs_closure", False):
+        rng = parts.generator.get_state()
+        loss = accumulate_gradients(parts, micro_batches)
+
+        def closure() -> torch.Tensor:
+            parts.generator.set_state(rng)  # same masks for the perturbed pass
+            parts.optimizer.zero_grad(set_to_none=True)
+            return accumulate_gradients(parts, micro_batches)
+
+        clip_grad_norm(parts.model, parts.cfg.optim.grad_clip)
+        parts.optimizer.step(closure)
+    else:
+        loss = accumulate_gradients(parts, micro_batches)
+        clip_grad_norm(parts.model, parts.cfg.optim.grad_clip)
+        parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def warm_up(parts: Parts, sample: torch.Tensor) -> float:
+    """Compile and run every shape the run will see, without changing weights; returns seconds spent."""
+    start = time.perf_counter()
+    lengths = {parts.cfg.data.seq_len} | {n for n, _ in parts.cfg.train.curriculum()}
+    rng_cpu = torch.get_rng_state()
+    rng_gen = parts.generator.get_state()
+    passes = 2 if parts.step_model is not parts.model else 1
+    for length in sorted(lengths):
+        for _ in range(passes):
+            loss = forward_loss(parts, reshape_for_length(sample, length), parts.objective, parts.generator)
+            loss.backward()
+    parts.optimizer.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng_cpu)
+    parts.generator.set_state(rng_gen)
+    if parts.device.type == "cuda":
+        torch.cuda.synchronize(parts.device)
+        torch.cuda.reset_peak_memory_stats(parts.device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(parts: Parts, tokens: np.ndarray, indices: np.ndarray, state: dict[str, torch.Tensor] | None) -> float:
+    """Held-out MLM loss at a fixed 15% masking, identical masks for every trial; `state` = averaged weights."""
+    if len(indices) == 0:
+        return float("nan")
+    model = parts.model
+    saved = None
+    if state is not None:
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+    objective = MLMObjective(EVAL_OBJECTIVE, parts.vocab_size)
+    generator = torch.Generator(device=parts.device).manual_seed(EVAL_MASK_SEED)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    micro = parts.cfg.train.micro_batch_size
+    for start in range(0, len(indices), micro):
+        batch = torch.from_numpy(tokens[indices[start : start + micro]].astype(np.int64)).to(parts.device)
+        loss = forward_loss(parts, batch, objective, generator, model=model)
+        total += float(loss) * len(batch)
+        count += len(batch)
+    model.train(was_training)
+    if saved is not None:
+        model.load_state_dict(saved)
+    return total / count
+
+
+def split_indices(num_sequences: int, num_eval: int) -> tuple[np.ndarray, np.ndarray]:
+    """Evenly spaced held-out sequences (ordering-agnostic); the rest, in order, for training."""
+    num_eval = min(num_eval, num_sequences // 10)
+    eval_idx = np.unique(np.linspace(0, num_sequences - 1, num_eval).astype(np.int64)) if num_eval else np.zeros(0, np.int64)
+    mask = np.ones(num_sequences, dtype=bool)
+    mask[eval_idx] = False
+    return np.nonzero(mask)[0], eval_idx
+
+
+class Logger:
+    """Turns the step stream into one metrics record per log step: console line, metrics.jsonl, callback."""
+
+    def __init__(self, parts: Parts, out_dir: Path | None, callback: MetricsCallback | None, console: Any):
+        self.parts = parts
+        self.callback = callback
+        self.console = console
+        self.file = open(out_dir / "metrics.jsonl", "a") if out_dir else None
+        self.peak = hardware.peak_flops(parts.device)
+        self.last = (0.0, 0, 0.0)  # seconds, tokens, flops at the previous record
+
+    def record(self, step: int, clock: BudgetClock, loss: float, lr: float, batch_size: int, seq_len: int) -> dict:
+        seconds, tokens, flops = clock.seconds, clock.tokens, clock.flops
+        window = max(seconds - self.last[0], 1e-9)
+        rec = {
+            "step": step, "progress": clock.progress, "tokens": tokens, "seconds": seconds, "flops": flops,
+            "loss": loss, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
+            "tokens_per_second": (tokens - self.last[1]) / window,
+            "mfu": (flops - self.last[2]) / window / self.peak if self.peak else None,
+            "memory_gb": torch.cuda.max_memory_allocated(self.parts.device) / 2**30
+            if self.parts.device.type == "cuda" else None,
+        }
+        self.last = (seconds, tokens, flops)
+        if self.file:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+        if self.callback:
+            self.callback(rec)
+        if self.console:
+            mfu = f" mfu {rec['mfu']:.1%}" if rec["mfu"] is not None else ""
+            mem = f" mem {rec['memory_gb']:.1f}G" if rec["memory_gb"] is not None else ""
+            self.console.print(
+                f"step {step:>6} p {rec['progress']:.3f} loss {loss:.4f} lr {lr:.2e} bs {batch_size} "
+                f"len {seq_len} tok {tokens:.3g} tok/s {rec['tokens_per_second']:,.0f}{mfu}{mem}"
+            )
+        return rec
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    out_dir: str | Path | None = None,
+    callback: MetricsCallback | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    prepared: Any = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` to its budget; returns the summary dict (also written to ``out_dir/summary.json``)."""
+    from cram_core.data import TrainLoader, prepare
+
+    t_start = time.perf_counter()
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True) if resume is None else None
+    prepared = prepared if prepared is not None else prepare(cfg.data, progress=progress)
+    prepare_s = time.perf_counter() - t_start
+
+    parts = build_parts(cfg, prepared.vocab_size)
+    tokens = prepared.tokens
+    train_idx, eval_idx = split_indices(len(tokens), cfg.train.eval_sequences)
+    micro = cfg.train.micro_batch_size
+    if len(train_idx) < micro:
+        raise ConfigError(
+            f"only {len(train_idx)} training sequences, fewer than train.micro_batch_size={micro}; "
+            "use more data or a smaller micro-batch"
+        )
+    loader = TrainLoader(tokens, train_idx, micro, parts.device)
+    clock = BudgetClock(cfg.budget)
+    averager = WeightAverager(cfg.train, parts.model)
+    sample = torch.from_numpy(tokens[train_idx[:micro]].astype(np.int64)).to(parts.device)
+    compile_s = warm_up(parts, sample)
+
+    step, losses = 0, []
+    if resume is not None:
+        step, losses = ckpt.load_training_state(Path(resume), parts, loader, clock, averager)
+
+    console = _console() if progress else None
+    logger = Logger(parts, out, callback, console)
+    status, reason = "completed", None
+    next_ckpt = _next_checkpoint(cfg.train.checkpoint_every, clock.progress)
+    pending: list[torch.Tensor] = []
+    clock.start()
+    try:
+        while not clock.done:
+            p = clock.progress
+            lr = cfg.optim.lr * lr_factor(cfg.train, p)
+            batch_size = batch_size_at(cfg.train, p)
+            seq_len = seq_len_at(cfg.train, p, cfg.data.seq_len)
+            micro_batches = [reshape_for_length(loader.next(), seq_len) for _ in range(batch_size // micro)]
+            pending.append(optimizer_step(parts, micro_batches, lr))
+            step += 1
+            n_tokens = batch_size * cfg.data.seq_len
+            clock.add(n_tokens, batch_size * cfg.data.seq_len / seq_len * parts.flops_per_sequence(seq_len))
+            averager.update(parts.model, step, clock.progress)
+            if step % cfg.train.log_every == 0 or clock.done:
+                window = torch.stack(pending).float().cpu()
+                pending.clear()
+                bad = (~torch.isfinite(window)).nonzero()
+                if len(bad):
+                    status = "diverged"
+                    reason = f"non-finite loss at step {step - len(window) + int(bad[0]) + 1}"
+                    break
+                losses.extend(window.tolist())
+                logger.record(step, clock, float(window.mean()), lr, batch_size, seq_len)
+            if out and next_ckpt is not None and clock.progress >= next_ckpt and not clock.done:
+                with clock.paused():
+                    ckpt.save_training_state(out / "checkpoints" / f"step-{step:07d}", parts, loader, clock,
+                                             averager, step, losses, prepared)
+                next_ckpt = _next_checkpoint(cfg.train.checkpoint_every, clock.progress)
+    finally:
+        logger.close()
+    if parts.device.type == "cuda":
+        torch.cuda.synchronize(parts.device)
+    train_s = clock.seconds
+
+    t_eval = time.perf_counter()
+    eval_loss = float("nan")
+    if status == "completed":
+        eval_loss = evaluate(parts, tokens, eval_idx, averager.averaged_state_dict())
+        if not math.isfinite(eval_loss) and len(eval_idx):
+            status, reason = "diverged", "non-finite held-out loss"
+    eval_s = time.perf_counter() - t_eval
+
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    peak = hardware.peak_flops(parts.device)
+    summary = {
+        "status": status,
+        "reason": reason,
+        "final_loss": float(np.mean(tail)) if tail else None,
+        "eval_loss": eval_loss if math.isfinite(eval_loss) else None,
+        "tokens": clock.tokens,
+        "seconds": clock.seconds,
+        "flops": clock.flops,
+        "steps": step,
+        "tokens_per_second": clock.tokens / max(train_s, 1e-9),
+        "mfu": clock.flops / max(train_s, 1e-9) / peak if peak else None,
+        "params": parts.model.num_params(),
+        "memory_gb": torch.cuda.max_memory_allocated(parts.device) / 2**30 if parts.device.type == "cuda" else None,
+        "timings": {"prepare_s": prepare_s, "compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "seed": cfg.train.seed,
+        "hardware": hardware.device_name(parts.device),
+        "host": socket.gethostname(),
+        "versions": hardware.versions(),
+        "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount},
+        "data": {"path": str(prepared.path), "vocab_size": prepared.vocab_size, "train_sequences": len(train_idx),
+                 "eval_sequences": len(eval_idx)},
+    }
+    if out:
+        ckpt.save_model(out, parts.model, cfg, prepared, averager.averaged_state_dict())
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _next_checkpoint(every: float, p: float) -> float | None:
+    if every <= 0:
+        return None
+    return (math.floor(p / every + 1e-9) + 1) * every
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def default_preset() -> str:
+    return "crammed-bert-short" if torch.cuda.is_available() else "tiny"
+
+
+def parse_config(preset: str | None, overrides: list[str]) -> RunConfig:
+    from cram_core.presets import get_preset
+
+    return apply_overrides(get_preset(preset or default_preset()), overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cram_core.train",
+        description="Train a crammed BERT under a fixed budget. Overrides are group.field=value (see --list-flags).",
+    )
+    parser.add_argument("overrides", nargs="*", help="group.field=value, e.g. model.norm_scheme=post budget.tokens=5e6")
+    parser.add_argument("--preset", default=None, help="tiny | small | crammed-bert | crammed-bert-short | bert-base "
+                        "(default: tiny on CPU, crammed-bert-short on CUDA)")
+    parser.add_argument("--out", default=None, help="write metrics.jsonl, summary.json, model + tokenizer here")
+    parser.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    parser.add_argument("--list-flags", action="store_true", help="print every flag with type, default and meaning")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    if args.list_flags:
+        print("\n".join(list_flags()))
+        return 0
+    try:
+        cfg = parse_config(args.preset, args.overrides)
+        if args.resume and not (Path(args.resume) / "state.pt").exists():
+            raise ConfigError(f"--resume {args.resume}: no checkpoint there (expected state.pt)")
+        summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_summary(summary, args.out)
+    return 0 if summary["status"] == "completed" else 1
+
+
+def _print_summary(s: dict[str, Any], out: str | None) -> None:
+    t = s["timings"]
+    mfu = f"{s['mfu']:.1%}" if s["mfu"] is not None else "n/a (CPU or unknown GPU)"
+    lines = [
+        f"status        {s['status']}" + (f" ({s['reason']})" if s["reason"] else ""),
+        f"final loss    {s['final_loss']:.4f} (train, last 10% of steps)" if s["final_loss"] is not None else "final loss    n/a",
+        f"eval loss     {s['eval_loss']:.4f} (held-out, 15% masking)" if s["eval_loss"] is not None else "eval loss     n/a",
+        f"steps         {s['steps']}   tokens {s['tokens']:.4g}   flops {s['flops']:.3g}",
+        f"throughput    {s['tokens_per_second']:,.0f} tokens/s   MFU {mfu}",
+        f"time          train {t['train_s']:.1f}s  (outside budget: prepare {t['prepare_s']:.1f}s, "
+        f"compile/warm-up {t['compile_s']:.1f}s, eval {t['eval_s']:.1f}s)",
+        f"model         {s['params'] / 1e6:.2f}M parameters on {s['hardware']}",
+    ]
+    if out:
+        lines.append(f"written       {out}/metrics.jsonl, {out}/summary.json, {out}/model.safetensors")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
