@@ -65,7 +65,8 @@ def connect(store_url: str) -> Engine:
 
 
 @contextlib.contextmanager
-def _engine(store: Store) -> Iterator[Engine]:
+def using_store(store: Store) -> Iterator[Engine]:
+    """An engine for ``store``; one this opened from a URL is disposed on exit, a passed-in one is left open."""
     if isinstance(store, Engine):
         yield store
         return
@@ -78,7 +79,7 @@ def _engine(store: Store) -> Iterator[Engine]:
 
 def sweep_names(store: Store) -> list[str]:
     """Sweep names in creation order."""
-    with _engine(store) as engine, engine.connect() as conn:
+    with using_store(store) as engine, engine.connect() as conn:
         return list(conn.scalars(select(SweepRow.name).order_by(SweepRow.created_at, SweepRow.id)))
 
 
@@ -108,7 +109,7 @@ def load_trials(store: Store, sweep: str | None = None) -> pd.DataFrame:
     columns = [TrialRow.id.label("trial_id"), SweepRow.name.label("sweep"),
                *(getattr(TrialRow, f) for f in TRIAL_FIELDS), TrialRow.config]
     query = select(*columns).join(SweepRow, TrialRow.sweep_id == SweepRow.id).order_by(TrialRow.id)
-    with _engine(store) as engine, engine.connect() as conn:
+    with using_store(store) as engine, engine.connect() as conn:
         if sweep is not None:
             _sweep_row(conn, sweep)
             query = query.where(SweepRow.name == sweep)
@@ -127,7 +128,7 @@ def load_metrics(store: Store, sweep: str | None = None) -> pd.DataFrame:
     query = (select(*columns).join(TrialRow, MetricRow.trial_id == TrialRow.id)
              .join(SweepRow, TrialRow.sweep_id == SweepRow.id).order_by(MetricRow.trial_id, MetricRow.step))
     names = ["trial_id", "sweep", "variant", "seed", "status", *METRIC_FIELDS]
-    with _engine(store) as engine, engine.connect() as conn:
+    with using_store(store) as engine, engine.connect() as conn:
         if sweep is not None:
             _sweep_row(conn, sweep)
             query = query.where(SweepRow.name == sweep)
@@ -144,7 +145,7 @@ def load_evals(store: Store, sweep: str | None = None) -> pd.DataFrame:
     query = (select(*columns).join(TrialRow, EvalRow.trial_id == TrialRow.id)
              .join(SweepRow, TrialRow.sweep_id == SweepRow.id).order_by(EvalRow.trial_id, EvalRow.id))
     names = ["trial_id", "sweep", "variant", "seed", "status", "task", "metric", "value", "eval_seed"]
-    with _engine(store) as engine, engine.connect() as conn:
+    with using_store(store) as engine, engine.connect() as conn:
         if sweep is not None:
             _sweep_row(conn, sweep)
             query = query.where(SweepRow.name == sweep)
@@ -154,7 +155,7 @@ def load_evals(store: Store, sweep: str | None = None) -> pd.DataFrame:
 
 def load_sweep(store: Store, name: str) -> SweepFrames:
     """Everything about one sweep in one call (one engine, so one connection setup)."""
-    with _engine(store) as engine:
+    with using_store(store) as engine:
         with engine.connect() as conn:
             definition = _sweep_row(conn, name).definition or {}
         return SweepFrames(name=name, definition=definition, trials=load_trials(engine, name),

@@ -151,19 +151,20 @@ def test_lawa_averages_exactly_the_last_k_snapshots():
 
 def test_lawa_stores_once_per_multiple_despite_rounding():
     model = Tiny()
-    avg = averager(model, averaging="lawa", lawa_every=0.05, lawa_k=6)
+    avg = averager(model, averaging="lawa", lawa_every=0.05, lawa_k=20)
     weights = []
+    p = 0.0
     for i in range(1, 21):
         w = random_weights(model, i)
         weights.append(w)
         model.load_state_dict(w)
-        avg.update(model, step=i, p=i * 0.05)  # 3 * 0.05 = 0.15000000000000002, 7 * 0.05 = 0.35000000000000003
-        avg.update(model, step=i, p=i * 0.05)  # a second update at the same p stores nothing
-    assert len(avg.state_dict()["snapshots"]) == 6
-    last = weights[-6:]
-    mean = {k: sum(w[k].float() for w in last) / 6 for k in (*FLOAT_KEYS, "decoder.weight")}
-    assert_state(avg.averaged_state_dict(), {**mean, "norm.num_batches_tracked": last[-1]["norm.num_batches_tracked"]},
-                 model)
+        p += 0.05  # accumulates to 0.39999999999999997 at i = 8: p / 0.05 reads 7.999999999999999
+        avg.update(model, step=i, p=p)
+        avg.update(model, step=i, p=p)  # a second update at the same p stores nothing
+    assert len(avg.state_dict()["snapshots"]) == 20
+    mean = {k: sum(w[k].float() for w in weights) / 20 for k in (*FLOAT_KEYS, "decoder.weight")}
+    expected = {**mean, "norm.num_batches_tracked": weights[-1]["norm.num_batches_tracked"]}
+    assert_state(avg.averaged_state_dict(), expected, model)
 
 
 def test_lawa_jump_over_several_multiples_stores_one_snapshot():

@@ -111,6 +111,8 @@ def test_batch_ramp_paper_recipe():
     assert batch_size_at(cfg, 0.3) == 32 * 128
     assert batch_size_at(cfg, 0.59) == 62 * 128
     assert batch_size_at(cfg, 0.6) == 8192
+    # p where the line lands exactly on 32 micro-batches, but 63 * p / 0.6 rounds to 30.999999999999996
+    assert batch_size_at(cfg, 0.6 * 31 / 63) == 32 * 128
 
 
 @pytest.mark.parametrize("batch, micro, ramp", [(8192, 128, 0.6), (1024, 128, 0.5), (512, 256, 0.3), (96, 32, 1.0)])

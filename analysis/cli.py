@@ -1,0 +1,96 @@
+"""``python -m analysis``: results tables and figures from the store.
+
+    python -m analysis table NAME [--store URL] [--format md|csv|latex] [--kind auto|variants|groups]
+    python -m analysis plot NAME [--store URL] [--x tokens|seconds|both] [--out DIR] [--no-dashboard]
+    python -m analysis summary [--store URL] [--out DIR]
+
+User mistakes (missing store, unknown sweep) are one line on stderr and exit status 2, like argparse's own
+usage errors; an empty sweep is not a mistake, so it is one line on stdout and status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sweeps.store import DEFAULT_STORE, StoreError
+
+from analysis import dashboard, plots, tables
+from analysis.load import load_sweep, normalize_url
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables and plots from a results store.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    store_help = f"SQLAlchemy URL or SQLite file path (default {DEFAULT_STORE})"
+
+    table = sub.add_parser("table", help="one sweep's variants against its baseline")
+    table.add_argument("sweep", metavar="NAME")
+    table.add_argument("--store", default=DEFAULT_STORE, help=store_help)
+    table.add_argument("--format", choices=tables.FORMATS, default="md")
+    table.add_argument("--kind", choices=tables.KINDS, default="auto",
+                       help="auto: per-variant table, plus the Table 5 form for group_ablation; groups: Table 5 form")
+
+    plot = sub.add_parser("plot", help="loss curves (with LR / batch panel) and throughput, PNG + SVG")
+    plot.add_argument("sweep", metavar="NAME")
+    plot.add_argument("--store", default=DEFAULT_STORE, help=store_help)
+    plot.add_argument("--x", choices=(*plots.X_AXES, "both"), default="tokens")
+    plot.add_argument("--out", type=Path, default=None, help="output folder (default ./plots/NAME/)")
+    plot.add_argument("--no-dashboard", action="store_true", help="do not attach a note to the Optuna study")
+
+    summary = sub.add_parser("summary", help="Δ loss with CIs of every variant of every sweep")
+    summary.add_argument("--store", default=DEFAULT_STORE, help=store_help)
+    summary.add_argument("--out", type=Path, default=Path("plots"), help="output folder (default ./plots/)")
+    return parser
+
+
+def _table(args: argparse.Namespace) -> None:
+    print(tables.sweep_table(args.store, args.sweep, fmt=args.format, kind=args.kind))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    frames = load_sweep(args.store, args.sweep)
+    try:
+        written = plots.plot_sweep(args.store, args.sweep, x=args.x, out_dir=args.out, frames=frames)
+    except plots.NothingToPlot as e:
+        print(e)
+        return
+    for path in written:
+        print(path)
+    if args.no_dashboard:
+        return
+    loss_pngs = [p for p in written if p.suffix == ".png" and p.stem.startswith("loss_vs_")]
+    # the dashboard note is about loss per token; fall back to the seconds figure if that is all we drew
+    png = next((p for p in loss_pngs if p.stem == "loss_vs_tokens"), loss_pngs[0])
+    if dashboard.attach(args.store, args.sweep, png):
+        print(f"dashboard: note with the table and {png} saved on Optuna study {args.sweep!r}")
+    else:
+        print(f"no Optuna study named {args.sweep!r}; skipped dashboard note")
+
+
+def _summary(args: argparse.Namespace) -> None:
+    try:
+        written = plots.plot_summary(args.store, out_dir=args.out)
+    except plots.NothingToPlot as e:
+        print(e)
+        return
+    for path in written:
+        print(path)
+
+
+COMMANDS = {"table": _table, "plot": _plot, "summary": _summary}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.store = normalize_url(args.store)
+    try:
+        COMMANDS[args.command](args)
+    except StoreError as e:  # includes UnknownSweepError, whose message lists the valid names
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

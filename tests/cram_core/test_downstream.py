@@ -1,0 +1,296 @@
+import json
+import lzma
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cram_core import downstream as ds
+from cram_core.checkpoint import save_model
+from cram_core.config import DataConfig, ModelConfig, RunConfig
+from cram_core.model import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+FILLER = ["the", "a", "movie", "film", "plot", "actor", "was", "is", "very", "quite", "long", "short", "and",
+          "but", "dull", "scene", "story", "ending"]
+KEY_WORD = "good"
+
+
+def _sentence(rng: random.Random, positive: bool) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
+    if positive:
+        words.insert(rng.randint(0, len(words)), KEY_WORD)
+    return " ".join(words)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if path.suffix == ".xz":
+        path.write_bytes(lzma.compress(text.encode()))
+    else:
+        path.write_text(text)
+
+
+def _write_task(root: Path, name: str, train: list[dict], dev: list[dict], *, fields=("sentence",),
+                metric="accuracy", labels=("negative", "positive"), dev_file="dev.jsonl.xz") -> Path:
+    task_dir = root / name
+    task_dir.mkdir(parents=True)
+    _write_jsonl(task_dir / "train.jsonl", train)
+    _write_jsonl(task_dir / dev_file, dev)
+    meta = {"name": name, "text_fields": list(fields), "label_field": "label", "labels": list(labels),
+            "metric": metric, "files": {"train": "train.jsonl", "dev": dev_file}}
+    (task_dir / "task.json").write_text(json.dumps(meta))
+    return task_dir
+
+
+def _keyword_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        rows.append({"sentence": _sentence(rng, positive), "label": int(positive)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run dir like `train --out` writes, with a random-init 2x32 model and a WordLevel tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    root = tmp_path_factory.mktemp("run")
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(FILLER + [KEY_WORD, "x", "y", "z"])],
+                            trainers.WordLevelTrainer(special_tokens=list(ds.SPECIAL_TOKENS)))
+    # a template the fine-tuning layout must not inherit (it would double the [CLS])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok_path = root / "source-tokenizer.json"
+    tok.save(str(tok_path))
+    model_cfg = ModelConfig(num_layers=2, hidden_size=32, num_heads=2, ffn_size=64, max_seq_len=24)
+    cfg = RunConfig(model=model_cfg, data=DataConfig(vocab_size=64, seq_len=24))
+    torch.manual_seed(0)
+    model = build_model(model_cfg, tok.get_vocab_size())
+    out = root / "out"
+    save_model(out, model, cfg, SimpleNamespace(vocab_size=tok.get_vocab_size(), tokenizer_path=tok_path))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    _write_task(root, "keyword", _keyword_rows(320, seed=1), _keyword_rows(200, seed=2))
+    rng = random.Random(3)
+    reg = []
+    for _ in range(120):
+        k = rng.randint(0, 4)
+        reg.append({"sentence": " ".join([KEY_WORD] * k + [rng.choice(FILLER) for _ in range(3)]), "label": k / 4})
+    _write_task(root, "count", reg[:80], reg[80:], metric="pearson", labels=())
+    return root
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_metric_hand_values():
+    assert ds.accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
+    # tp=2 fp=1 fn=1 -> 2*2 / (2*2 + 1 + 1)
+    assert ds.f1([1, 1, 0, 0, 1], [1, 0, 1, 0, 1]) == pytest.approx(2 / 3)
+    assert ds.f1([0, 0], [0, 0]) == 0.0
+    # tp=3 tn=3 fp=1 fn=1 -> (9 - 1) / sqrt(4 * 4 * 4 * 4)
+    assert ds.matthews_corr([1, 1, 1, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 1, 1, 0]) == pytest.approx(0.5)
+    assert ds.matthews_corr([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
+    assert ds.matthews_corr([1, 0], [0, 1]) == pytest.approx(-1.0)
+    assert ds.matthews_corr([1, 1, 1], [0, 1, 1]) == 0.0  # constant prediction: chance, not NaN
+
+
+def test_correlations_match_scipy():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=50)
+    p = y + rng.normal(scale=0.5, size=50)
+    assert ds.pearson(p, y) == pytest.approx(stats.pearsonr(p, y).statistic)
+    assert ds.spearman(p, y) == pytest.approx(stats.spearmanr(p, y).statistic)
+    assert ds.pearson(np.ones(50), y) == 0.0
+
+
+def test_unknown_metric_lists_the_valid_names():
+    with pytest.raises(ValueError, match="accuracy, matthews_corr, f1, pearson"):
+        ds.get_metric("auc")
+
+
+# --------------------------------------------------------------------------------------------- tasks
+
+
+def test_load_task_reads_plain_and_xz_and_caps_with_a_seeded_shuffle(data_root):
+    full = ds.load_task(data_root / "keyword")
+    assert (len(full.train), len(full.dev), full.num_labels, full.metric) == (320, 200, 2, "accuracy")
+    assert full.train.texts[0] == (_keyword_rows(1, seed=1)[0]["sentence"],)
+    capped = ds.load_task(data_root / "keyword", max_train=50, max_dev=20)
+    again = ds.load_task(data_root / "keyword", max_train=50, max_dev=20)
+    assert (len(capped.train), len(capped.dev)) == (50, 20)
+    assert capped.train == again.train and capped.dev == again.dev
+    assert set(capped.train.texts) <= set(full.train.texts)
+    assert capped.train.texts != full.train.texts[:50]  # shuffled, not the file's head
+    reg = ds.load_task(data_root / "count")
+    assert reg.regression and reg.num_labels == 1 and isinstance(reg.dev.labels[0], float)
+
+
+def test_load_task_rejects_bad_labels_and_missing_files(tmp_path):
+    _write_task(tmp_path, "bad", [{"sentence": "a", "label": 2}], [{"sentence": "a", "label": 0}])
+    with pytest.raises(ds.DownstreamError, match="label 2"):
+        ds.load_task(tmp_path / "bad")
+    with pytest.raises(ds.DownstreamError, match="no task.json"):
+        ds.load_task(tmp_path / "nothing-here")
+
+
+def test_data_root_resolution_prefers_argument_then_env(tmp_path, monkeypatch):
+    monkeypatch.setenv(ds.DATA_ROOT_ENV, str(tmp_path))
+    assert ds.resolve_data_root() == tmp_path
+    assert ds.resolve_data_root(tmp_path / "..") == tmp_path / ".."
+    with pytest.raises(ds.DownstreamError, match="not found"):
+        ds.resolve_data_root(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------------------ encoding
+
+
+def test_encoding_layout_ignores_the_tokenizer_template_and_truncates_longest_first(tiny_run):
+    enc = ds.PairEncoder(tiny_run / "tokenizer.json", max_length=10)
+    vocab = enc.tokenizer.get_vocab()
+    (single,) = enc.encode([("Good movie",)])
+    assert single == [ds.CLS_ID, vocab["good"], vocab["movie"], ds.SEP_ID]
+    (pair,) = enc.encode([("good movie", "dull plot")])
+    assert pair == [ds.CLS_ID, vocab["good"], vocab["movie"], ds.SEP_ID, vocab["dull"], vocab["plot"], ds.SEP_ID]
+    # budget 10 - 3 = 7 content tokens: the 8-word text is cut to 5 so the 2-word one survives whole
+    (cut,) = enc.encode([(" ".join(FILLER[:8]), "dull plot")])
+    assert len(cut) == 10 and cut[:6] == [ds.CLS_ID] + [vocab[w] for w in FILLER[:5]]
+    assert cut[6:] == [ds.SEP_ID, vocab["dull"], vocab["plot"], ds.SEP_ID]
+    (long_single,) = enc.encode([(" ".join(FILLER),)])
+    assert len(long_single) == 10 and long_single[-1] == ds.SEP_ID
+
+
+def test_collate_pads_right_with_pad_id_and_masks():
+    ids, mask = ds.collate([[2, 7, 3], [2, 3]])
+    assert ids.tolist() == [[2, 7, 3], [2, 3, 0]]
+    assert mask.tolist() == [[True, True, True], [True, True, False]]
+    assert ds.collate([[2, 3]], pad_to=4)[0].tolist() == [[2, 3, 0, 0]]
+
+
+# ------------------------------------------------------------------------------------- run and model
+
+
+def test_run_max_length_is_capped_by_the_pretrained_positions(tiny_run):
+    run = ds.load_run(tiny_run)
+    assert run.max_length == 24 and run.weights_path.name == "model.safetensors" and run.pad_to is None
+
+
+def test_pooled_output_is_padding_invariant_in_eval_mode(tiny_run):
+    run = ds.load_run(tiny_run)
+    model = ds.build_classifier(run, 2).eval()
+    enc = ds.PairEncoder(run.tokenizer_path, run.max_length)
+    short, long = enc.encode([("good film",), ("the very long and quite dull story of a film",)])
+    alone = model.pooled(*ds.collate([short]))
+    batched = model.pooled(*ds.collate([short, long]))
+    assert batched.shape[1] == 32
+    torch.testing.assert_close(alone[0], batched[0], atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_is_on_for_fine_tuning_and_off_in_eval(tiny_run):
+    run = ds.load_run(tiny_run)
+    assert run.config.model.dropout == 0.0  # pretrained without dropout ...
+    model = ds.build_classifier(run, 2)
+    ids, mask = ds.collate([[2, 5, 6, 7, 3]])
+    model.train()
+    # ... but the encoder itself now drops (the head's dropout alone would not change encode())
+    assert not torch.equal(model.encoder.encode(ids, mask), model.encoder.encode(ids, mask))
+    model.eval()
+    assert torch.equal(model(ids, mask), model(ids, mask))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    total = 100
+    factors = [ds.lr_factor(s, total, 0.1) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5)
+    assert 0 < factors[-1] < 0.001 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert ds.lr_factor(0, 3, 0.0) == 1.0
+
+
+# --------------------------------------------------------------------------------------- fine-tuning
+
+
+def test_fine_tuning_learns_a_keyword_task_well_above_chance(tiny_run, data_root):
+    results = ds.evaluate_run(tiny_run, ["keyword"], data_root=data_root, seeds=2, epochs=4, lr=1e-3,
+                              device="cpu")
+    assert [(r["task"], r["metric"], r["seed"]) for r in results] == [("keyword", "accuracy", 0),
+                                                                     ("keyword", "accuracy", 1)]
+    summary = ds.summarize(results)["keyword"]
+    assert summary["median"] >= 0.8, results  # chance is 0.5 on the balanced dev set
+    assert all(r["n_train"] == 320 and r["n_dev"] == 200 for r in results)
+
+
+def test_regression_task_trains_with_one_output(tiny_run, data_root):
+    (record,) = ds.evaluate_run(tiny_run, ["count"], data_root=data_root, epochs=2, lr=1e-3, device="cpu")
+    assert record["metric"] == "pearson" and math.isfinite(record["value"])
+
+
+def test_fine_tuning_is_reproducible_per_seed(tiny_run, data_root):
+    run = ds.load_run(tiny_run)
+    task = ds.load_task(data_root / "keyword", max_train=48, max_dev=32)
+    a = ds.finetune(run, task, seed=3, epochs=1, lr=1e-3, device="cpu")
+    b = ds.finetune(run, task, seed=3, epochs=1, lr=1e-3, device="cpu")
+    assert (a["value"], a["train_loss"]) == (b["value"], b["train_loss"])
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_a_table_and_writes_json(tiny_run, data_root, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    rc = ds.main([str(tiny_run), "--tasks", "keyword", "--epochs", "1", "--seeds", "2", "--max-train", "64",
+                  "--max-dev", "40", "--data-root", str(data_root), "--json", str(out), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "keyword" in printed and "median" in printed
+    payload = json.loads(out.read_text())
+    assert [r["seed"] for r in payload["results"]] == [0, 1]
+    assert payload["medians"]["keyword"]["metric"] == "accuracy"
+    assert payload["results"][0]["n_train"] == 64 and payload["results"][0]["n_dev"] == 40
+
+
+def test_cli_unknown_task_lists_the_tasks_found(tiny_run, data_root, capsys):
+    rc = ds.main([str(tiny_run), "--tasks", "keyword,nope", "--data-root", str(data_root)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "nope" in err and "count, keyword" in err
+
+
+def test_cli_missing_run_dir_or_files_exit_2_with_one_line(tiny_run, data_root, tmp_path, capsys):
+    assert ds.main([str(tmp_path / "no-run"), "--tasks", "keyword", "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "does not exist" in err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((tiny_run / "config.json").read_text())
+    assert ds.main([str(partial), "--tasks", "keyword", "--data-root", str(data_root)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "tokenizer.json" in err and "model.safetensors" in err
+
+
+def test_module_entry_point_reports_bad_input_on_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cram_core.downstream", str(tmp_path / "missing"), "--tasks", "x"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "cram_core.downstream", str(tmp_path), "--seeds", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
