@@ -17,8 +17,11 @@ from pathlib import Path
 
 from sweeps.store import DEFAULT_STORE, StoreError
 
-from analysis import dashboard, plots, tables
+from analysis import tables
 from analysis.load import load_sweep, normalize_url
+
+# matplotlib and optuna are imported by the commands that need them: `table` stays quick to start, which
+# matters when a script calls it per sweep
 
 EXIT_USAGE = 2
 
@@ -38,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="loss curves (with LR / batch panel) and throughput, PNG + SVG")
     plot.add_argument("sweep", metavar="NAME")
     plot.add_argument("--store", default=DEFAULT_STORE, help=store_help)
-    plot.add_argument("--x", choices=(*plots.X_AXES, "both"), default="tokens")
+    plot.add_argument("--x", choices=("tokens", "seconds", "both"), default="tokens")
     plot.add_argument("--out", type=Path, default=None, help="output folder (default ./plots/NAME/)")
     plot.add_argument("--no-dashboard", action="store_true", help="do not attach a note to the Optuna study")
 
@@ -53,6 +56,8 @@ def _table(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
+    from analysis import dashboard, plots
+
     frames = load_sweep(args.store, args.sweep)
     try:
         written = plots.plot_sweep(args.store, args.sweep, x=args.x, out_dir=args.out, frames=frames)
@@ -73,6 +78,8 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
+    from analysis import plots
+
     try:
         written = plots.plot_summary(args.store, out_dir=args.out)
     except plots.NothingToPlot as e:

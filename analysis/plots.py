@@ -73,11 +73,11 @@ def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
 
 
 def variant_colors(variants: list[str], baseline: str | None) -> dict[str, object]:
+    """Baseline black and first (so it heads the legend); the others from a qualitative palette."""
     others = [v for v in variants if v != baseline]
     cmap = colormaps["tab10" if len(others) <= 10 else "tab20"]
-    colors: dict[str, object] = {v: cmap(i % cmap.N) for i, v in enumerate(others)}
-    if baseline is not None:
-        colors[baseline] = "black"
+    colors: dict[str, object] = {baseline: "black"} if baseline is not None else {}
+    colors |= {v: cmap(i % cmap.N) for i, v in enumerate(others)}
     return colors
 
 
@@ -98,14 +98,6 @@ def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
 # --------------------------------------------------------------------------------------------- figures
 
 
-def _variant_order(frames: SweepFrames, baseline: str | None) -> list[str]:
-    order = frames.trials.sort_values("trial_id")["variant"].drop_duplicates().tolist()
-    if baseline in order:
-        order.remove(baseline)
-        order.insert(0, baseline)
-    return order
-
-
 def _draw_loss(ax: Axes, frames: SweepFrames, x: str, colors: dict[str, object]) -> list[float]:
     """Draw every variant; return the y values that should fit in the axis (diverged tails may not)."""
     points = frames.metrics[frames.metrics["status"].isin(PLOTTED_STATUSES)]
@@ -116,8 +108,10 @@ def _draw_loss(ax: Axes, frames: SweepFrames, x: str, colors: dict[str, object])
         diverged = seed_curves(mine[mine["status"] == "diverged"], x)
         if completed:
             grid, mean, low, high = mean_band(completed)
-            width = 2.2 if color == "black" else 1.5
-            ax.plot(grid, mean, color=color, lw=width, label=f"{variant} (n={len(completed)})")
+            is_baseline = color == "black"
+            # the baseline is what every other line is read against: thicker and drawn on top
+            ax.plot(grid, mean, color=color, lw=2.2 if is_baseline else 1.5, zorder=3 if is_baseline else 2,
+                    label=f"{variant} (n={len(completed)})")
             if len(completed) > 1:
                 ax.fill_between(grid, low, high, color=color, alpha=0.18, lw=0)
             # the first 5% of the run is the init plateau; letting it set the y range flattens the comparison
@@ -131,7 +125,8 @@ def _draw_loss(ax: Axes, frames: SweepFrames, x: str, colors: dict[str, object])
 
 def _draw_schedule(ax_lr: Axes, ax_bs: Axes, frames: SweepFrames, colors: dict[str, object]) -> None:
     points = frames.metrics
-    for variant, color in colors.items():
+    # reversed so the baseline (first in colors) is drawn last, on top of variants sharing its schedule
+    for variant, color in reversed(list(colors.items())):
         mine = points[points["variant"] == variant]
         if mine.empty:
             continue
@@ -157,7 +152,7 @@ def loss_figure(frames: SweepFrames, x: str = "tokens") -> Figure:
     if frames.metrics["loss"].notna().sum() == 0:
         raise NothingToPlot(f"sweep {frames.name!r}: no logged loss points to plot")
     baseline = tables.baseline_variant(frames.trials)
-    colors = variant_colors(_variant_order(frames, baseline), baseline)
+    colors = variant_colors(tables.variant_order(frames.trials, baseline), baseline)
     fig = _new_figure(11, 5.5)
     grid = fig.add_gridspec(2, 2, width_ratios=[3, 1])
     ax = fig.add_subplot(grid[:, 0])
@@ -171,7 +166,7 @@ def loss_figure(frames: SweepFrames, x: str = "tokens") -> Figure:
     ax.set_ylabel("train MLM loss (smoothed)")
     ax.set_title(f"{frames.name}: loss vs {x} (mean over seeds, band = min–max)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper right")
+    ax.legend(fontsize="small", loc="best")
     _draw_schedule(fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1]), frames, colors)
     return fig
 
@@ -186,11 +181,13 @@ def throughput_figure(summary: tables.SweepSummary) -> Figure:
     ax = fig.add_subplot()
     positions = np.arange(len(rows))[::-1]  # first row (the baseline) on top
     values = rows["tokens_per_second_mean"].to_numpy(float)
-    ax.barh(positions, values, xerr=rows["tokens_per_second_std"].fillna(0.0).to_numpy(float),
-            color=[colors[v] for v in rows["variant"]], alpha=0.85, capsize=3)
-    for pos, value, (_, row) in zip(positions, values, rows.iterrows(), strict=True):
+    errors = rows["tokens_per_second_std"].fillna(0.0).to_numpy(float)
+    ax.barh(positions, values, xerr=errors, color=[colors[v] for v in rows["variant"]], alpha=0.85, capsize=3)
+    # one aligned column of Δ% right of every bar, so no label sits on a bar or the baseline line
+    label_x = float((values + errors).max()) * 1.03
+    for pos, (_, row) in zip(positions, rows.iterrows(), strict=True):
         note = "baseline" if row["is_baseline"] else tables.fmt_pct(row["delta_throughput_pct"])
-        ax.text(value, pos, f"  {note}", va="center", fontsize="small")
+        ax.text(label_x, pos, note, va="center", fontsize="small")
     if summary.baseline is not None and (rows["is_baseline"]).any():
         ax.axvline(float(values[rows["is_baseline"].to_numpy()][0]), color="black", lw=0.8, ls=":")
     ax.set_yticks(positions, rows["variant"].tolist())
@@ -215,7 +212,10 @@ def summary_figure(comparisons: pd.DataFrame) -> Figure:
         ax.errorbar(row["delta_loss"], pos, xerr=row["delta_ci95"] if has_ci else None, fmt="o", color=color,
                     mfc=color if has_ci else "white", capsize=3, ms=5)
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_yticks(np.arange(len(ordered)), [f"{s}: {v}" for s, v in zip(ordered["sweep"], ordered["variant"])])
+    # sweeps whose trials lack eval_loss are compared on train loss; say so where the point is read
+    labels = [f"{row.sweep}: {row.variant}" + ("" if row.loss_metric == "eval_loss" else f" ({row.loss_metric})")
+              for row in ordered.itertuples()]
+    ax.set_yticks(np.arange(len(ordered)), labels)
     ax.set_ylim(-0.7, len(ordered) - 0.3)
     ax.set_xlabel("Δ loss vs the sweep's baseline (negative = better), 95% CI (Welch)")
     ax.set_title("All sweeps: effect on loss")

@@ -51,12 +51,12 @@ class SweepSummary:
     status_counts: dict[str, int]
 
     @property
-    def num_completed(self) -> int:
-        return self.status_counts.get("completed", 0)
-
-    @property
     def single_seed(self) -> bool:
         return int(self.rows["n_completed"].max()) <= 1
+
+    @property
+    def baseline_seeds(self) -> int:
+        return int(self.rows.loc[self.rows["is_baseline"], "n_completed"].sum())
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -142,7 +142,7 @@ def summarize(frames: SweepFrames) -> SweepSummary:
     base_done = completed[completed["variant"] == baseline]
     base_losses = base_done[metric].to_numpy(float)
     base_tps = float(np.nanmean(_throughput(base_done))) if len(base_done) else math.nan
-    variants = _variant_order(trials, baseline)
+    variants = variant_order(trials, baseline)
     records = []
     for variant in variants:
         runs = trials[trials["variant"] == variant]
@@ -186,7 +186,8 @@ def summarize(frames: SweepFrames) -> SweepSummary:
                         status_counts=_status_counts(trials["status"]))
 
 
-def _variant_order(trials: pd.DataFrame, baseline: str | None) -> list[str]:
+def variant_order(trials: pd.DataFrame, baseline: str | None) -> list[str]:
+    """Baseline first, then the variants in the order their first trial was stored."""
     # first appearance follows the sweep definition's order, which is how the author thinks of the axis
     order = trials.sort_values("trial_id")["variant"].drop_duplicates().tolist()
     if baseline in order:
@@ -258,8 +259,7 @@ def fmt_runs(row: pd.Series) -> str:
 
 
 def _testable(row: pd.Series, summary: SweepSummary) -> bool:
-    base = summary.rows.loc[summary.rows["is_baseline"], "n_completed"]
-    return row["n_completed"] >= 2 and len(base) > 0 and int(base.iloc[0]) >= 2
+    return row["n_completed"] >= 2 and summary.baseline_seeds >= 2
 
 
 def _stat_cells(row: pd.Series, summary: SweepSummary) -> dict[str, str]:
@@ -274,7 +274,8 @@ def _stat_cells(row: pd.Series, summary: SweepSummary) -> dict[str, str]:
 def _caption_common(summary: SweepSummary) -> str:
     counts = summary.status_counts
     total = sum(counts.values())
-    status = f"{total} trials: {counts['completed']} completed, {counts['diverged']} diverged, {counts['failed']} failed"
+    status = (f"{total} trials: {counts['completed']} completed, {counts['diverged']} diverged, "
+              f"{counts['failed']} failed")
     if counts["other"]:
         status += f", {counts['other']} planned/running/cancelled"
     parts = [f"Loss: {LOSS_LABELS[summary.loss_metric]}, mean ± 95% CI over seeds (Student t)."]
@@ -284,6 +285,8 @@ def _caption_common(summary: SweepSummary) -> str:
         parts.append(f"Δ vs `{summary.baseline}`: Welch's t-test, α = 0.05, no multiple-comparison correction.")
     if summary.single_seed:
         parts.append("One seed per variant: no confidence intervals or tests, Δ only.")
+    elif summary.baseline is not None and summary.baseline_seeds < 2:
+        parts.append("The baseline has fewer than two completed seeds: no tests, Δ only.")
     if summary.tasks:
         parts.append("Downstream: median over fine-tuning seeds per task, mean over pretraining seeds; "
                      "avg = mean over tasks.")

@@ -148,7 +148,7 @@ class OptimConfig:
     eps: float = 1e-12
     "Adam-family epsilon"
     weight_decay: float = 0.01
-    "decoupled weight decay, never applied to biases, norms or embeddings' positional scalars"
+    "weight decay (decoupled for adamw/radam/lion/adafactor, L2 for adam/sgd); never on biases, norms or scalars"
     nesterov: bool = True
     "Nesterov momentum for sgd"
     grad_clip: float = 0.5
@@ -221,6 +221,7 @@ class TrainConfig:
         for name in ("warmup", "cooldown", "batch_ramp", "lawa_every", "checkpoint_every"):
             _in_unit(f"train.{name}", getattr(self, name), closed_right=True)
         _in_unit("train.dive_at", self.dive_at)
+        _check(self.averaging != "lawa" or self.lawa_every > 0, "train.lawa_every must be > 0 for averaging=lawa")
         _check(self.warmup + self.cooldown <= 1.0, "train.warmup + train.cooldown must be <= 1")
         _check(self.num_cycles >= 1 and self.lawa_k >= 1 and self.log_every >= 1,
                "train.num_cycles, lawa_k and log_every must be >= 1")

@@ -478,7 +478,32 @@ def finetune(run: PretrainedRun, task: Task, *, seed: int = 0, epochs: int = 5, 
         encoded = (encoder.encode(task.train.texts), encoder.encode(task.dev.texts))
     train_ids, dev_ids = encoded
 
-    torch.manual_seed(seed)  # dropout masks
+    # forked so that seeding dropout here leaves the caller's RNG streams untouched
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model, last_loss = _train(run, task, train_ids, dev, seed=seed, epochs=epochs, batch_size=batch_size,
+                                  lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup=warmup,
+                                  dropout=dropout, log=log, t0=t0)
+    predictions = predict(model, dev_ids, regression=task.regression, pad_to=run.pad_to)
+    value = get_metric(task.metric)(predictions, np.asarray(task.dev.labels))
+    return {
+        "task": task.name,
+        "metric": task.metric,
+        "value": value,
+        "seed": seed,
+        "train_loss": last_loss,
+        "n_train": len(train_ids),
+        "n_dev": len(dev_ids),
+        "epochs": epochs,
+        "max_length": run.max_length,
+        "seconds": time.perf_counter() - t0,
+        "weights": run.weights_path.name,
+    }
+
+
+def _train(run: PretrainedRun, task: Task, train_ids: list[list[int]], dev: torch.device, *, seed: int,
+           epochs: int, batch_size: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+           warmup: float, dropout: float, log: Callable[[str], None] | None, t0: float) -> tuple[SequenceClassifier, float]:
     model = build_classifier(run, task.num_labels, dropout=dropout, seed=seed).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     targets = torch.tensor(task.train.labels, dtype=torch.float32 if task.regression else torch.long)
@@ -508,22 +533,7 @@ def finetune(run: PretrainedRun, task: Task, *, seed: int = 0, epochs: int = 5, 
         if log:
             log(f"{task.name} seed {seed} epoch {epoch + 1}/{epochs}: train loss {last_loss:.4f} "
                 f"({time.perf_counter() - t0:.0f}s)")
-
-    predictions = predict(model, dev_ids, regression=task.regression, pad_to=run.pad_to)
-    value = get_metric(task.metric)(predictions, np.asarray(task.dev.labels))
-    return {
-        "task": task.name,
-        "metric": task.metric,
-        "value": value,
-        "seed": seed,
-        "train_loss": last_loss,
-        "n_train": n,
-        "n_dev": len(dev_ids),
-        "epochs": epochs,
-        "max_length": run.max_length,
-        "seconds": time.perf_counter() - t0,
-        "weights": run.weights_path.name,
-    }
+    return model, last_loss
 
 
 def evaluate_run(run_dir: str | Path, tasks: Sequence[str], *, data_root: str | Path | None = None,
@@ -630,6 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.json:
+        # fail now rather than after hours of fine-tuning
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"error: --json {args.json}: {e.strerror}", file=sys.stderr)
+            return 2
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         if not args.lr > 0:
@@ -652,7 +669,6 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "medians": {name: {"metric": e["metric"], "median": e["median"]} for name, e in summary.items()},
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return 0
 

@@ -65,7 +65,9 @@ class Lion(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0) -> None:
         if lr < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Lion: need lr >= 0, weight_decay >= 0, betas in [0, 1); got {lr}, {weight_decay}, {betas}")
+            raise ValueError(
+                f"Lion: need lr >= 0, weight_decay >= 0, betas in [0, 1); got {lr}, {weight_decay}, {betas}"
+            )
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
     @torch.no_grad()
@@ -231,10 +233,10 @@ class LARS(OptimizerWrapper):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         for group in self.param_groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
-            if group["no_decay"] or not grads:
-                continue
             weights = [p for p in group["params"] if p.grad is not None]
+            if group["no_decay"] or not weights:
+                continue
+            grads = [p.grad for p in weights]
             weight_norms = torch._foreach_norm(weights)
             grad_norms = torch._foreach_norm(grads)
             scales = []

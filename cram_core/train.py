@@ -121,7 +121,9 @@ def optimizer_step(parts: Parts, micro_batches: list[torch.Tensor], lr: float) -
         def closure() -> torch.Tensor:
             parts.generator.set_state(rng)  # same masks for the perturbed pass
             parts.optimizer.zero_grad(set_to_none=True)
-            return accumulate_gradients(parts, micro_batches)
+            perturbed = accumulate_gradients(parts, micro_batches)
+            clip_grad_norm(parts.model, parts.cfg.optim.grad_clip)  # the base step uses these gradients
+            return perturbed
 
         clip_grad_norm(parts.model, parts.cfg.optim.grad_clip)
         parts.optimizer.step(closure)

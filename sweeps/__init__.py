@@ -1,0 +1,1 @@
+"""Fixed-budget ablation sweeps: definitions, the Ray Tune + Optuna runner, the results store, the CLI."""

@@ -181,3 +181,58 @@ def _finite(v: Any) -> Any:
 
 def to_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------- helpers added for the sweep runner
+
+LOCK_RETRY_SECONDS = 120.0
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+def retry_on_locked(fn: Any, *, max_seconds: float = LOCK_RETRY_SECONDS) -> Any:
+    """Call ``fn()``; while SQLite says "database is locked", back off and call it again.
+
+    busy_timeout covers most contention, but a reader holding a WAL snapshot (the dashboard) can still make
+    a write transaction fail at commit; the write is then retried rather than lost. Any other error, or
+    still locked after ``max_seconds``, propagates: a failed write is an error, never swallowed.
+    """
+    import random
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + max_seconds
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except OperationalError as e:
+            if not is_locked_error(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+
+
+def store_url(text: str) -> str:
+    """A SQLAlchemy URL as given, or a plain file path turned into ``sqlite:///PATH``."""
+    return text if "://" in text else f"sqlite:///{text}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for other databases or in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url.removeprefix("sqlite:///")
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def reset_trial_results(trial: TrialRow) -> None:
+    """Clear everything a run wrote into ``trial`` (the caller deletes its metric points)."""
+    for name in ("reason", "git_sha", "git_dirty", "host", "hardware", "versions", "prepare_s", "compile_s",
+                 "train_s", "eval_s", *SUMMARY_FIELDS, "summary", "optuna_trial_number", "started_at",
+                 "finished_at"):
+        setattr(trial, name, None)

@@ -60,6 +60,15 @@ def _keyword_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # a 2x32 model is dominated by thread hand-offs; one thread is faster and steadier on a busy machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A run dir like `train --out` writes, with a random-init 2x32 model and a WordLevel tokenizer."""
@@ -229,26 +238,29 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 def test_fine_tuning_learns_a_keyword_task_well_above_chance(tiny_run, data_root):
-    results = ds.evaluate_run(tiny_run, ["keyword"], data_root=data_root, seeds=2, epochs=4, lr=1e-3,
+    # a random-init encoder needs a larger LR than the protocol's 4e-5 to learn in 80 updates; one seed in
+    # a few stays stuck at chance, which the median over three seeds absorbs (as the paper's median does)
+    results = ds.evaluate_run(tiny_run, ["keyword"], data_root=data_root, seeds=3, epochs=4, lr=3e-3,
                               device="cpu")
-    assert [(r["task"], r["metric"], r["seed"]) for r in results] == [("keyword", "accuracy", 0),
-                                                                     ("keyword", "accuracy", 1)]
+    assert [(r["task"], r["metric"], r["seed"]) for r in results] == [("keyword", "accuracy", s) for s in range(3)]
     summary = ds.summarize(results)["keyword"]
-    assert summary["median"] >= 0.8, results  # chance is 0.5 on the balanced dev set
+    assert summary["median"] >= 0.8, [r["value"] for r in results]  # chance is 0.5 on the balanced dev set
     assert all(r["n_train"] == 320 and r["n_dev"] == 200 for r in results)
 
 
 def test_regression_task_trains_with_one_output(tiny_run, data_root):
-    (record,) = ds.evaluate_run(tiny_run, ["count"], data_root=data_root, epochs=2, lr=1e-3, device="cpu")
+    (record,) = ds.evaluate_run(tiny_run, ["count"], data_root=data_root, epochs=2, lr=3e-3, device="cpu")
     assert record["metric"] == "pearson" and math.isfinite(record["value"])
 
 
 def test_fine_tuning_is_reproducible_per_seed(tiny_run, data_root):
     run = ds.load_run(tiny_run)
     task = ds.load_task(data_root / "keyword", max_train=48, max_dev=32)
+    rng_before = torch.get_rng_state()
     a = ds.finetune(run, task, seed=3, epochs=1, lr=1e-3, device="cpu")
     b = ds.finetune(run, task, seed=3, epochs=1, lr=1e-3, device="cpu")
     assert (a["value"], a["train_loss"]) == (b["value"], b["train_loss"])
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's stream is not reseeded
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -291,6 +303,10 @@ def test_module_entry_point_reports_bad_input_on_one_line(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "cram_core.downstream", str(tmp_path), "--seeds", "0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_usage_errors_are_one_line_too(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ds.main([str(tmp_path), "--tasks", "x", "--seeds", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--seeds" in err

@@ -1,0 +1,169 @@
+"""``prepare``: sources -> filters -> tokenizer -> encode -> order -> pack, cached by a config hash.
+
+A prepared dataset is a directory ``<cache root>/data/<key>/`` holding ``tokens.npy`` ([N, seq_len],
+memory-mapped when loaded), ``tokenizer.json``, ``stats.json`` and ``config.json``. It is built in a
+temporary sibling directory and renamed into place, so a directory under its final name is always
+complete; a failed build removes its temporary directory. The key hashes every DataConfig field but
+``cache_dir``, each input file's path, size and mtime, and ``CACHE_VERSION``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cram_core.config import DataConfig
+from cram_core.data.errors import DataError
+from cram_core.data.sources import Source, parse_sources
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+# Bump when the same config would now produce different prepared data.
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedData:
+    path: Path
+    "the cache directory of this dataset"
+    tokens: np.ndarray
+    "[N, seq_len] packed sequences, uint16 or int32, memory-mapped read-only"
+    vocab_size: int
+    "size of the trained vocabulary (at most data.vocab_size)"
+    tokenizer_path: Path
+    "tokenizer.json of the trained tokenizer"
+    stats: dict[str, Any]
+    "what the build read, filtered, kept and produced, and how long it took"
+    cache_hit: bool
+    "True when this call found the dataset already built"
+
+    def tokenizer(self) -> Tokenizer:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    base = cfg.cache_dir or os.environ.get("CRAM_CACHE") or os.path.join("~", ".cache", "cram_core")
+    return Path(base).expanduser() / "data"
+
+
+def cache_key(cfg: DataConfig, sources: list[Source]) -> str:
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "cache_dir"}
+    blob = json.dumps({"version": CACHE_VERSION, "config": fields, "sources": [s.fingerprint() for s in sources]},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
+    """The packed dataset for ``cfg``, built on the first call and loaded from the cache afterwards."""
+    sources = parse_sources(cfg.source)
+    root = cache_root(cfg)
+    final = root / cache_key(cfg, sources)
+    if final.is_dir():
+        return _load(final, cache_hit=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        build(cfg, sources, tmp, progress=progress)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp)  # a concurrent build of the same key finished first; use it
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _load(final, cache_hit=False)
+
+
+def _load(path: Path, *, cache_hit: bool) -> PreparedData:
+    stats = json.loads((path / "stats.json").read_text())
+    return PreparedData(
+        path=path,
+        tokens=np.load(path / "tokens.npy", mmap_mode="r"),
+        vocab_size=int(stats["vocab_size"]),
+        tokenizer_path=path / "tokenizer.json",
+        stats=stats,
+        cache_hit=cache_hit,
+    )
+
+
+def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) -> dict[str, Any]:
+    """Run the whole pipeline for ``cfg`` into directory ``out``; returns (and writes) the statistics."""
+    from cram_core.data.filters import apply_filters
+    from cram_core.data.ordering import order_documents
+    from cram_core.data.packing import pack, token_dtype
+    from cram_core.data.sources import read_documents
+    from cram_core.data.tokenizer import check_vocab, encode_documents, train_tokenizer
+
+    clock = _PhaseClock()
+    docs, per_source = read_documents(sources, text_field=cfg.text_field, max_documents=cfg.max_documents,
+                                      seed=cfg.seed)
+    n_read = len(docs)
+    if not docs:
+        raise DataError(f"data.source: {cfg.source!r} yielded no documents")
+    clock.lap("read")
+    docs, filters = apply_filters(docs, cfg, progress=progress)
+    if not docs:
+        raise DataError(f"no documents left after filtering {n_read} (data.compressibility={cfg.compressibility}, "
+                        f"data.dedup={cfg.dedup})")
+    clock.lap("filter")
+    tok = train_tokenizer(docs, cfg, progress=progress)
+    vocab_size = check_vocab(tok)
+    tok.save(str(out / "tokenizer.json"))
+    clock.lap("tokenizer")
+    ragged = encode_documents(tok, docs, progress=progress, desc="encode")
+    nonempty = ragged.lengths > 0
+    if not nonempty.all():  # e.g. text that normalises away entirely
+        docs = [d for d, k in zip(docs, nonempty) if k]
+        ragged = ragged.select(nonempty)
+    clock.lap("encode")
+    order = order_documents(docs, ragged, cfg)
+    tokens = pack(ragged, order, seq_len=cfg.seq_len, add_sep=cfg.add_sep, add_cls=cfg.add_cls,
+                  dtype=token_dtype(vocab_size))
+    packed = len(tokens)
+    if cfg.max_sequences is not None:
+        tokens = tokens[: cfg.max_sequences]
+    if len(tokens) == 0:
+        raise DataError(f"corpus too small: {int(ragged.lengths.sum())} tokens make no sequence of "
+                        f"data.seq_len={cfg.seq_len}")
+    np.save(out / "tokens.npy", tokens)
+    clock.lap("pack")
+    stats = {
+        "source": cfg.source, "sources": per_source, "documents_read": n_read, "filters": filters,
+        "documents_kept": len(docs), "tokens": int(ragged.lengths.sum()), "sequences_packed": packed,
+        "sequences": len(tokens), "seq_len": cfg.seq_len, "dtype": str(tokens.dtype), "vocab_size": vocab_size,
+        "tokenizer": cfg.tokenizer, "ordering": cfg.ordering, "seconds": clock.laps,
+        "build_seconds": clock.total, "tokens_per_second": int(ragged.lengths.sum()) / max(clock.total, 1e-9),
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return stats
+
+
+class _PhaseClock:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,277 @@
+"""``python -m sweeps list | show NAME | run NAME | status [NAME] | dashboard``.
+
+Every user mistake (unknown sweep, bad override or budget, missing store) is one line on stderr and exit
+code 2, found before the store is opened or created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from cram_core.config import ConfigError
+from sweeps.definitions import SWEEPS, ResolvedSweep, get_sweep, resolve
+from sweeps.store import DEFAULT_STORE, StoreError, store_url
+
+EXIT_USAGE = 2
+
+
+def _console() -> Console:
+    # rich wraps at 80 columns when stdout is not a terminal (logs, pipes); variant tables read better wider
+    return Console(soft_wrap=True) if sys.stdout.isatty() else Console(soft_wrap=True, width=160)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="python -m sweeps", description="Fixed-budget ablation sweeps (Ray Tune + Optuna).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{list,show,run,status,dashboard}")
+
+    sub.add_parser("list", help="every sweep: axis, variant count, trial count").set_defaults(func=cmd_list)
+
+    def add_resolution_flags(q: argparse.ArgumentParser) -> None:
+        q.add_argument("name", help="sweep name (see list)")
+        q.add_argument("--preset", help="baseline preset (default: tiny without CUDA, crammed-bert-short with)")
+        q.add_argument("--budget", help="per-trial budget: 90s, 10m, 1h, 50Mtok, 2e17flop (default: the preset's)")
+        q.add_argument("--seeds", type=int, help="seeds per variant (grid sweeps)")
+        q.add_argument("--trials", type=int, help="number of TPE samples (search sweeps)")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.FIELD=VALUE",
+                       help="override the baseline of every variant (repeatable)")
+
+    show = sub.add_parser("show", help="baseline preset, variants with overrides, budget, seeds")
+    add_resolution_flags(show)
+    show.set_defaults(func=cmd_show)
+
+    run = sub.add_parser("run", help="run (or resume) a sweep")
+    add_resolution_flags(run)
+    run.add_argument("--store", default=DEFAULT_STORE, help=f"SQLAlchemy URL or SQLite file (default {DEFAULT_STORE})")
+    run.add_argument("--address", help="address of an existing Ray cluster (default: start Ray locally)")
+    run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default 1 with GPUs, else 0)")
+    run.add_argument("--max-concurrent", type=int, help="at most this many trials at a time")
+    run.add_argument("--retry-failed", action="store_true", help="rerun trials recorded as failed (crashed)")
+    run.add_argument("--dry-run", action="store_true", help="resolve every variant, print the plan, touch nothing")
+    run.add_argument("--backend", default="cram_core", help=argparse.SUPPRESS)  # tests: sweeps.testing
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="progress of running / finished sweeps")
+    status.add_argument("name", nargs="?", help="one sweep in detail (default: all sweeps in the store)")
+    status.add_argument("--store", default=DEFAULT_STORE, help=f"store URL or SQLite file (default {DEFAULT_STORE})")
+    status.set_defaults(func=cmd_status)
+
+    dash = sub.add_parser("dashboard", help="optuna-dashboard on the store, bound to 127.0.0.1")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--store", default=DEFAULT_STORE, help=f"store URL or SQLite file (default {DEFAULT_STORE})")
+    dash.set_defaults(func=cmd_dashboard)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, StoreError) as e:
+        print(f"sweeps: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ---------------------------------------------------------------- list / show
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [("sweep", "section", "variants", "trials", "default budget", "axis")]
+    for s in SWEEPS.values():
+        variants = f"TPE {s.num_trials}" if s.is_search else str(s.num_variants())
+        trials = f"{s.num_trials}" if s.is_search else f"{s.trial_count()} ({s.seeds} seeds)"
+        budget = ", ".join(f"{b} on {p}" for p, b in s.budgets.items()) or "the preset's"
+        rows.append((s.name, s.section, variants, trials, budget, s.axis))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:  # plain aligned text: greppable, and never wrapped into a narrow table
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    print("\npython -m sweeps show NAME: baseline, variants and their overrides, budget, seeds")
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> ResolvedSweep:
+    return resolve(get_sweep(args.name), preset=args.preset, budget=args.budget, seeds=args.seeds,
+                   num_trials=args.trials, overrides=args.overrides)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    resolved = _resolve(args)
+    _print_plan(resolved, _console(), placement=None, store=None)
+    return 0
+
+
+def _print_plan(resolved: ResolvedSweep, console: Console, *, placement: Any, store: str | None) -> None:
+    from sweeps.runner import estimate_wall_s, local_resources, place
+
+    s = resolved.sweep
+    console.print(f"[bold]{s.name}[/] ({s.section}): {s.axis}")
+    if s.note:
+        console.print(f"  {s.note}")
+    extra = [o for o in resolved.base_overrides if not o.startswith("budget.")]
+    console.print(f"  baseline preset  {resolved.preset}" + (f"  with {' '.join(extra)}" if extra else ""))
+    console.print(f"  budget           {resolved.budget_text} per trial")
+    if s.is_search:
+        console.print(f"  search           TPE, {resolved.num_trials} trials (the baseline point first), seed 0")
+    else:
+        console.print(f"  seeds            {len(resolved.seeds)} (train.seed = {', '.join(map(str, resolved.seeds))})")
+    if placement is None:
+        cpus, gpus = local_resources()
+        placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=None, max_concurrent=None)
+    est = estimate_wall_s(resolved, placement)
+    console.print(f"  trials           {resolved.num_trials}; here: {placement.describe()}"
+                  + (f"; about {est / 60:.0f} min" if est else ""))
+    if store:
+        console.print(f"  store            {store}")
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+    table.add_column("variant")
+    table.add_column("config")
+    table.add_column("overrides")
+    for v in resolved.variants:
+        overrides = " ".join(f"{k}={val}" for k, val in v.shown.items()) or "-"
+        if v.same_as:
+            overrides += f"  [dim](same config as {v.same_as!r} on this preset: not run)[/]"
+        table.add_row(v.name, v.config_hash[:8], overrides)
+    if s.is_search:
+        table.add_row("(TPE samples)", "", "search space: " + (s.note or "see definitions.py"))
+    console.print(table)
+    data = {v.config.data for v in resolved.runnable_variants()}
+    console.print(f"  data configs     {len(data)} to prepare before trials start")
+
+
+# ---------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.runner import RunOptions, load_backend, local_resources, place, run_sweep
+
+    resolved = _resolve(args)
+    url = store_url(args.store)
+    console = _console()
+    if args.address is None:
+        cpus, gpus = local_resources()
+        placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=args.gpus_per_trial,
+                          max_concurrent=args.max_concurrent)
+    else:
+        placement = None
+    if args.dry_run:
+        if placement is None:
+            placement = place(resolved.num_trials, cpus=1, gpus=0, gpus_per_trial=0, max_concurrent=1)
+            console.print("  (placement is decided by the Ray cluster at run time)")
+        _print_plan(resolved, console, placement=placement, store=url)
+        console.print("dry run: nothing was written, Ray was not started")
+        return 0
+    try:
+        load_backend(args.backend)
+    except ImportError as e:
+        raise ConfigError(f"trainer backend {args.backend!r} cannot be imported: {e}") from None
+    opts = RunOptions(store_url=url, address=args.address, gpus_per_trial=args.gpus_per_trial,
+                      max_concurrent=args.max_concurrent, backend=args.backend, retry_failed=args.retry_failed)
+    result = run_sweep(resolved, opts, console=console)
+    counts = result.counts
+    console.print(
+        f"\n[bold]{result.name}[/] finished in {result.wall_s / 60:.1f} min: {counts['completed']} completed, "
+        f"{counts['diverged']} diverged, {counts['failed']} failed"
+        + (f", {counts['planned'] + counts['cancelled']} not run" if counts["planned"] + counts["cancelled"] else "")
+    )
+    if result.best:
+        console.print(f"best: {result.best[0]} (seed {result.best[1]}) loss {result.best[2]:.4f}")
+    _print_table(url, result.name, console)
+    console.print(f"results: store {url} (sweep {result.name!r}, Optuna study {result.name!r})")
+    console.print(f"  python -m sweeps status {result.name} --store {url}")
+    console.print(f"  python -m sweeps dashboard --store {url}")
+    console.print(f"  python -m analysis table {result.name} --store {url}")
+    if counts["planned"] or counts["running"]:
+        console.print("[yellow]sweep incomplete: run the same command again to resume[/]")
+        return 1
+    return 0
+
+
+def _print_table(url: str, name: str, console: Console) -> None:
+    try:
+        from analysis.tables import sweep_table
+    except ImportError as e:
+        console.print(f"(no what-worked table: analysis.tables is not available here: {e})")
+        return
+    try:
+        print(sweep_table(url, name, fmt="md"))
+    except Exception as e:  # the sweep's results are stored either way; the table is a view of them
+        console.print(f"[red](what-worked table failed: {type(e).__name__}: {e})[/]")
+
+
+# ---------------------------------------------------------------- status / dashboard
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.ledger import Ledger
+    from sweeps.live import format_seconds
+
+    ledger = Ledger(store_url(args.store), create=False)
+    try:
+        names = ledger.sweep_names()
+        if args.name and args.name not in names:
+            raise ConfigError(f"no sweep {args.name!r} in {ledger.url}; sweeps there: {', '.join(names) or 'none'}")
+        console = _console()
+        for name in [args.name] if args.name else names:
+            p = ledger.progress(name)
+            assert p is not None
+            concurrency = (p.definition.get("placement") or {}).get("concurrency", 1)
+            c = p.counts
+            best = f"{p.best[0]} (seed {p.best[1]}) {p.best[2]:.4f}" if p.best else "-"
+            eta = p.eta_seconds(concurrency) if c["planned"] or c["running"] else 0.0
+            console.print(
+                f"[bold]{name}[/]: {c['completed']} completed, {c['running']} running, {c['planned']} planned, "
+                f"{c['failed']} failed, {c['diverged']} diverged"
+                + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
+                + f" | best {best} | ETA {format_seconds(eta) if c['running'] else format_seconds(eta) + ' (when resumed)' if c['planned'] else 'done'}"
+            )
+            if args.name:
+                _print_trials(ledger, name, console)
+        if not names:
+            console.print(f"no sweeps in {ledger.url} yet")
+    finally:
+        ledger.close()
+    return 0
+
+
+def _print_trials(ledger: Any, name: str, console: Console) -> None:
+    from sqlalchemy import select
+
+    from sweeps.ledger import objective
+    from sweeps.store import SweepRow, TrialRow
+
+    def op(s: Any) -> list[Any]:
+        return list(s.scalars(select(TrialRow).join(SweepRow).where(SweepRow.name == name)
+                              .order_by(TrialRow.variant, TrialRow.seed)))
+
+    table = Table(box=None, padding=(0, 2), header_style="bold")
+    for col in ("variant", "seed", "status", "loss", "tokens", "tok/s", "reason"):
+        table.add_column(col)
+    for r in ledger._read(op):
+        value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
+        table.add_row(r.variant, str(r.seed), r.status, f"{value:.4f}" if value is not None else "-",
+                      f"{r.tokens:.3g}" if r.tokens else "-",
+                      f"{r.tokens_per_second:.0f}" if r.tokens_per_second else "-", r.reason or "")
+    console.print(table)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from sweeps.ledger import Ledger
+
+    url = store_url(args.store)
+    Ledger(url, create=False).close()  # a missing store is a one-line error, not an empty dashboard
+    import optuna_dashboard
+
+    from sweeps.mirror import make_storage
+
+    print(f"optuna-dashboard for {url} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    optuna_dashboard.run_server(make_storage(url), host="127.0.0.1", port=args.port)
+    return 0

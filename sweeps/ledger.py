@@ -1,0 +1,327 @@
+"""The sweep's book-keeping in the results store: which (config hash, seed) trials exist, in what state.
+
+The store is the source of truth for resume: a trial is keyed by (sweep, config hash, seed); completed
+and diverged trials are final, interrupted ones go back to planned with their metric points deleted.
+Only the driver process writes here (workers send their records through Ray), so one sweep never races
+itself, and every write goes through `retry_on_locked` so a dashboard reading the file cannot fail it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from cram_core.config import ConfigError, RunConfig
+from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
+from sweeps.store import (
+    SUMMARY_FIELDS,
+    MetricRow,
+    SweepRow,
+    TrialRow,
+    make_engine,
+    metric_row,
+    reset_trial_results,
+    retry_on_locked,
+    session_factory,
+    sqlite_path,
+    to_json,
+)
+
+FINAL_STATUSES = ("completed", "diverged")
+"never rerun: a diverged trial is a result (that config is unstable), not an accident"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """The number a sweep minimises: held-out eval loss when the trainer produced one, else final train loss."""
+    for key in ("eval_loss", "final_loss"):
+        value = summary.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@dataclass
+class Progress:
+    """What `status` and the live display show for one sweep."""
+
+    name: str
+    counts: dict[str, int]
+    best: tuple[str, int, float] | None
+    "(variant, seed, objective) of the best finished trial"
+    mean_trial_s: float | None
+    running_elapsed_s: list[float]
+    definition: dict[str, Any]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values()) - self.counts.get("cancelled", 0)
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ("completed", "diverged", "failed"))
+
+    def eta_seconds(self, concurrency: int) -> float | None:
+        if self.mean_trial_s is None:
+            return None
+        queued = self.counts.get("planned", 0)
+        left_running = sum(max(0.0, self.mean_trial_s - e) for e in self.running_elapsed_s)
+        return (queued * self.mean_trial_s + left_running) / max(1, concurrency)
+
+
+class SweepMismatch(ConfigError):
+    """The store already holds this sweep with another baseline (preset, budget or --set)."""
+
+
+class Ledger:
+    def __init__(self, url: str, *, create: bool = True):
+        path = sqlite_path(url)
+        if create and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine = make_engine(url, create=create)
+        self._sessions = session_factory(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -------------------------------------------------------------- low level
+
+    def _write(self, fn: Callable[[Session], Any]) -> Any:
+        def attempt() -> Any:
+            with self._sessions() as session:
+                out = fn(session)
+                session.commit()
+                return out
+
+        return retry_on_locked(attempt)
+
+    def _read(self, fn: Callable[[Session], Any]) -> Any:
+        def attempt() -> Any:
+            with self._sessions() as session:
+                return fn(session)
+
+        return retry_on_locked(attempt)
+
+    # -------------------------------------------------------------- sweeps
+
+    def sweep_names(self) -> list[str]:
+        return self._read(lambda s: list(s.scalars(select(SweepRow.name).order_by(SweepRow.created_at))))
+
+    def sweep(self, name: str) -> SweepRow | None:
+        return self._read(lambda s: s.scalars(select(SweepRow).where(SweepRow.name == name)).first())
+
+    def check_compatible(self, resolved: ResolvedSweep) -> None:
+        """Refuse to mix trials of different baselines under one sweep name (their table would be meaningless)."""
+        row = self.sweep(resolved.name)
+        if row is None:
+            return
+        old, new = row.definition, resolved.definition()
+        if old.get("base_config_hash") != new["base_config_hash"]:
+            raise SweepMismatch(
+                f"sweep {resolved.name!r} in this store was run with preset {old.get('preset')}, budget "
+                f"{old.get('budget', {}).get('text')}, overrides {old.get('base_overrides') or 'none'}; this run "
+                f"differs (preset {new['preset']}, budget {new['budget']['text']}, overrides "
+                f"{new['base_overrides'] or 'none'}): use another --store, or the same options"
+            )
+
+    def upsert_sweep(self, resolved: ResolvedSweep, extra: dict[str, Any]) -> int:
+        definition = to_json({**resolved.definition(), **extra})
+
+        def op(s: Session) -> int:
+            row = s.scalars(select(SweepRow).where(SweepRow.name == resolved.name)).first()
+            if row is None:
+                row = SweepRow(name=resolved.name, definition=definition)
+                s.add(row)
+            else:
+                row.definition = definition
+            s.flush()
+            return row.id
+
+        return self._write(op)
+
+    # -------------------------------------------------------------- resume
+
+    def recover_interrupted(self, sweep_id: int, *, search: bool) -> int:
+        """Trials left `running` by a killed driver: their metric points go; grid trials are planned again,
+        search trials are cancelled (TPE samples afresh; the Optuna record of the attempt stays as FAIL)."""
+        def op(s: Session) -> int:
+            rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
+                                                          TrialRow.status == "running")))
+            for row in rows:
+                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                reset_trial_results(row)
+                row.status = "cancelled" if search else "planned"
+                row.reason = "interrupted; not rerun (the search samples afresh)" if search else None
+            return len(rows)
+
+        return self._write(op)
+
+    def plan(self, sweep_id: int, trials: Iterable[PlannedTrial], *, retry_failed: bool
+             ) -> tuple[list[tuple[int, PlannedTrial]], int]:
+        """Make sure every planned trial has a row; returns (trials to run with their row ids, number already done).
+
+        Rows of this sweep that the current plan no longer contains (fewer seeds, a removed variant) and that
+        never finished are marked cancelled, so `status` does not wait for them.
+        """
+        trials = list(trials)
+
+        def op(s: Session) -> tuple[list[tuple[int, int]], int]:
+            existing = {(r.config_hash, r.seed): r for r in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id))}
+            todo, done, wanted = [], 0, set()
+            for i, t in enumerate(trials):
+                key = (t.config_hash, t.seed)
+                wanted.add(key)
+                row = existing.get(key)
+                if row is None:
+                    row = TrialRow(sweep_id=sweep_id, variant=t.variant, seed=t.seed, is_baseline=t.variant == BASELINE,
+                                   config=t.config.to_dict(), config_hash=t.config_hash, status="planned")
+                    s.add(row)
+                elif row.status in FINAL_STATUSES or (row.status == "failed" and not retry_failed):
+                    done += 1
+                    continue
+                else:
+                    s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                    reset_trial_results(row)
+                    row.status, row.variant, row.is_baseline = "planned", t.variant, t.variant == BASELINE
+                s.flush()
+                todo.append((row.id, i))
+            for key, row in existing.items():
+                if key not in wanted and row.status in ("planned", "running"):
+                    row.status, row.reason = "cancelled", "not in the latest plan of this sweep"
+            return todo, done
+
+        todo, done = self._write(op)
+        return [(row_id, trials[i]) for row_id, i in todo], done
+
+    def fail_unprepared(self, row_ids: list[int], reason: str) -> None:
+        def op(s: Session) -> None:
+            for row in s.scalars(select(TrialRow).where(TrialRow.id.in_(row_ids))):
+                row.status, row.reason, row.finished_at = "failed", one_line(reason), _now()
+
+        self._write(op)
+
+    def cancel_unfinished(self, sweep_id: int, reason: str) -> int:
+        """After the runner stops early (Ctrl-C): running trials become cancelled, their points deleted."""
+        def op(s: Session) -> int:
+            rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.status == "running")))
+            for row in rows:
+                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                row.status, row.reason = "cancelled", reason
+            return len(rows)
+
+        return self._write(op)
+
+    def search_state(self, sweep_id: int) -> tuple[int, bool]:
+        """(finished search trials, whether the baseline point has finished)."""
+        def op(s: Session) -> tuple[int, bool]:
+            rows = list(s.execute(select(TrialRow.status, TrialRow.is_baseline).where(TrialRow.sweep_id == sweep_id)))
+            finished = [r for r in rows if r.status in ("completed", "diverged", "failed")]
+            return len(finished), any(r.is_baseline for r in finished)
+
+        return self._read(op)
+
+    # -------------------------------------------------------------- a trial's life
+
+    def add_search_trial(self, sweep_id: int, variant: str, cfg: RunConfig) -> int:
+        """A row for a TPE sample; a repeat of an existing (hash, seed) reuses that row (and reruns it)."""
+        h, seed = cfg.hash(), cfg.train.seed
+
+        def op(s: Session) -> int:
+            row = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.config_hash == h,
+                                                   TrialRow.seed == seed)).first()
+            if row is None:
+                row = TrialRow(sweep_id=sweep_id, variant=variant, seed=seed, is_baseline=variant == BASELINE,
+                               config=cfg.to_dict(), config_hash=h, status="planned")
+                s.add(row)
+            else:
+                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                reset_trial_results(row)
+            s.flush()
+            return row.id
+
+        return self._write(op)
+
+    def start(self, row_id: int, *, optuna_number: int | None, git: tuple[str | None, bool | None],
+              budget: tuple[str, float]) -> None:
+        def op(s: Session) -> None:
+            row = s.get(TrialRow, row_id)
+            row.status, row.started_at, row.optuna_trial_number = "running", _now(), optuna_number
+            row.git_sha, row.git_dirty = git
+            row.budget_kind, row.budget_amount = budget
+
+        self._write(op)
+
+    def add_metrics(self, row_id: int, records: list[dict[str, Any]]) -> None:
+        if records:
+            self._write(lambda s: s.add_all([metric_row(row_id, r) for r in records]))
+
+    def finish(self, row_id: int, summary: dict[str, Any]) -> None:
+        """Record the trainer's summary (or our failure summary) as the trial's final state."""
+        def op(s: Session) -> None:
+            row = s.get(TrialRow, row_id)
+            row.status = summary.get("status") if summary.get("status") in ("completed", "diverged") else "failed"
+            row.reason = one_line(summary["reason"]) if summary.get("reason") else None
+            for name in SUMMARY_FIELDS:
+                value = summary.get(name)
+                setattr(row, name, None if isinstance(value, float) and not math.isfinite(value) else value)
+            timings = summary.get("timings") or {}
+            for name in ("prepare_s", "compile_s", "train_s", "eval_s"):
+                setattr(row, name, timings.get(name))
+            row.host = summary.get("host") or row.host
+            row.hardware = summary.get("hardware")
+            row.versions = summary.get("versions")
+            if summary.get("budget"):
+                row.budget_kind, row.budget_amount = summary["budget"]["kind"], summary["budget"]["amount"]
+            row.summary = to_json(summary)
+            row.finished_at = _now()
+
+        self._write(op)
+
+    # -------------------------------------------------------------- reading
+
+    def progress(self, name: str) -> Progress | None:
+        def op(s: Session) -> Progress | None:
+            sweep = s.scalars(select(SweepRow).where(SweepRow.name == name)).first()
+            if sweep is None:
+                return None
+            counts = dict(s.execute(select(TrialRow.status, func.count()).where(TrialRow.sweep_id == sweep.id)
+                                    .group_by(TrialRow.status)).all())
+            rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id,
+                                                         TrialRow.status.in_(("completed", "diverged", "failed", "running")))))
+            best = None
+            durations, running = [], []
+            now = _now()
+            for r in rows:
+                if r.status == "running" and r.started_at:
+                    running.append((now - _aware(r.started_at)).total_seconds())
+                    continue
+                if r.started_at and r.finished_at and r.status == "completed":
+                    durations.append((_aware(r.finished_at) - _aware(r.started_at)).total_seconds())
+                value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss}) if r.status == "completed" else None
+                if value is not None and (best is None or value < best[2]):
+                    best = (r.variant, r.seed, value)
+            mean = sum(durations) / len(durations) if durations else None
+            return Progress(name, {k: counts.get(k, 0) for k in ("planned", "running", "completed", "diverged",
+                                                                  "failed", "cancelled")},
+                            best, mean, running, sweep.definition)
+
+        return self._read(op)
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; we only ever write UTC
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)

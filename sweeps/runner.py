@@ -1,0 +1,495 @@
+"""Runs a resolved sweep on Ray Tune, with the results store and the Optuna study kept in step.
+
+Who does what:
+- the driver (this process) validates, plans the trials in the store, prepares each distinct data config
+  once, starts Ray, and is the only writer of the store and the Optuna study (a `tune.Callback`);
+- each trial (a Ray worker) builds its RunConfig, trains, and sends its metric records and final summary
+  back with `tune.report`; a worker killed with the driver therefore cannot write a stale row.
+
+Resume: the store keys trials by (config hash, seed). Rerunning the same command skips completed and
+diverged trials, replans interrupted ones (their metric points deleted), and marks the Optuna trials a
+killed driver left RUNNING as FAIL. See `Ledger` and `OptunaMirror`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rich.console import Console
+
+from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
+from sweeps.definitions import BASELINE, ResolvedSweep, format_budget, search_label, search_overrides, with_seed
+from sweeps.ledger import Ledger, objective, one_line
+from sweeps.live import LiveProgress, format_seconds
+from sweeps.mirror import OptunaMirror, trial_attrs
+
+RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
+# Metric records are batched per report: each tune.report is a round trip to the driver, and under a
+# wall-clock budget the trial's clock runs while it waits.
+REPORT_EVERY_S = 2.0
+# Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.
+OVERHEAD_GUESS_S = 10.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    store_url: str
+    address: str | None = None
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    backend: str = "cram_core"
+    retry_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How trials share the machine. On CPU, `threads` = cores / concurrency goes into impl.threads."""
+
+    concurrency: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    threads: int
+
+    def describe(self) -> str:
+        where = f"{self.gpus_per_trial:g} GPU + {self.cpus_per_trial:g} CPU" if self.gpus_per_trial else \
+            f"{self.cpus_per_trial:g} CPU"
+        return f"{self.concurrency} trial(s) at a time, each {where}, torch threads {self.threads}"
+
+
+def place(num_trials: int, *, cpus: int, gpus: int, gpus_per_trial: float | None,
+          max_concurrent: int | None) -> Placement:
+    """Pack trials onto the machine by declared resources.
+
+    `num_trials` is the whole sweep, not what is left, so a resumed sweep runs with the same threads per
+    trial as the first attempt: under a wall-clock budget, threads are part of what a trial gets.
+    """
+    cpus = max(1, cpus)
+    if gpus_per_trial is None:
+        gpus_per_trial = 1.0 if gpus >= 1 else 0.0
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial:g}")
+    if gpus_per_trial > 0:
+        if gpus < gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} but {gpus} GPU(s) visible; use --gpus-per-trial 0")
+        slots = max(1, int(gpus // gpus_per_trial))
+        concurrency = max(1, min(slots, num_trials, max_concurrent or slots))
+        cpus_per_trial = max(1, cpus // slots)
+        return Placement(concurrency, cpus_per_trial, gpus_per_trial, cpus_per_trial)
+    concurrency = max(1, min(cpus, num_trials, max_concurrent or cpus))
+    threads = max(1, cpus // concurrency)
+    return Placement(concurrency, threads, 0.0, threads)
+
+
+def local_resources() -> tuple[int, int]:
+    import torch
+
+    return os.cpu_count() or 1, torch.cuda.device_count()
+
+
+# ---------------------------------------------------------------- backends
+
+
+def load_backend(name: str) -> tuple[Callable[..., dict], Callable[..., Any]]:
+    """(train, prepare) of a trainer backend: ``cram_core`` (the real one) or a module with both functions."""
+    if name == "cram_core":
+        from cram_core.data import prepare
+        from cram_core.train import train
+
+        return train, prepare
+    module = importlib.import_module(name)
+    return module.train, module.prepare
+
+
+# ---------------------------------------------------------------- the trial (runs in a Ray worker)
+
+
+def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
+    """One trial: train, stream metric records to the driver, report the summary. Never raises for a
+    training error: a crash becomes a `failed` summary with a one-line reason, and the sweep goes on."""
+    from ray import tune
+
+    cfg = _trial_config(config, static)
+    buffer: list[dict[str, Any]] = []
+    last_flush = [time.monotonic()]
+
+    def flush() -> None:
+        if buffer:
+            tune.report({"kind": "metrics", "records": list(buffer)})
+            buffer.clear()
+        last_flush[0] = time.monotonic()
+
+    def callback(record: dict[str, Any]) -> None:
+        buffer.append({k: _plain(v) for k, v in record.items()})
+        if time.monotonic() - last_flush[0] >= REPORT_EVERY_S:
+            flush()
+
+    try:
+        train, _ = load_backend(static["backend"])
+        summary = train(cfg, callback=callback, progress=False)
+    except Exception as e:  # the trial's failure is its result; the sweep must go on
+        summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
+                   "seed": cfg.train.seed, "host": socket.gethostname(),
+                   "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount}}
+    flush()
+    summary = {k: _plain(v) for k, v in summary.items()}
+    value = objective(summary) if summary.get("status") == "completed" else None
+    # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
+    tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
+
+
+def _trial_config(config: dict[str, Any], static: dict[str, Any]) -> RunConfig:
+    if "index" in config:
+        cfg = RunConfig.from_dict(static["configs"][config["index"]])
+    else:
+        cfg = with_seed(apply_overrides(RunConfig.from_dict(static["base"]), config["overrides"]), static["seed"])
+    if cfg.impl.threads == 0:  # an explicit --set impl.threads wins over the packing
+        cfg = dataclasses.replace(cfg, impl=dataclasses.replace(cfg.impl, threads=static["threads"]))
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalars (numpy, tensors) so reports pickle small and store cleanly."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------- the driver's Tune callback
+
+
+def _callback_base() -> type:
+    from ray import tune
+
+    return tune.Callback
+
+
+class _Driver:
+    """Turns Tune events into store rows and Optuna trials; mixed into `tune.Callback` at run time so that
+    importing this module does not import Ray."""
+
+    def __init__(self, *, ledger: Ledger, mirror: OptunaMirror, resolved: ResolvedSweep, sweep_id: int,
+                 grid_rows: list[tuple[int, Any]], git: tuple[str | None, bool | None], progress: LiveProgress,
+                 placement: Placement):
+        self.ledger, self.mirror, self.resolved, self.sweep_id = ledger, mirror, resolved, sweep_id
+        self.grid_rows, self.git, self.progress, self.placement = grid_rows, git, progress, placement
+        self.active: dict[str, dict[str, Any]] = {}
+        "Tune trial id -> {row, optuna, variant, seed, hash, summarised}"
+        self.search = resolved.sweep.is_search
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        budget = (self.resolved.base.budget.kind, self.resolved.base.budget.amount)
+        if self.search:
+            overrides = trial.config["overrides"]
+            cfg = with_seed(apply_overrides(self.resolved.base, overrides), self.resolved.seeds[0])
+            variant = BASELINE if _is_baseline(self.resolved.base, overrides) else \
+                search_label(self.resolved.sweep, overrides)
+            row_id = self.ledger.add_search_trial(self.sweep_id, variant, cfg)
+            seed, h = cfg.train.seed, cfg.hash()
+            optuna_id = self.mirror.trial_id(trial.config["_optuna_number"])
+            self.mirror.set_attrs(optuna_id, trial_attrs(variant=variant, seed=seed, config_hash=h))
+            number = trial.config["_optuna_number"]
+        else:
+            row_id, planned = self.grid_rows[trial.config["index"]]
+            variant, seed, h = planned.variant, planned.seed, planned.config_hash
+            optuna_id, number = self.mirror.start(variant, trial_attrs(variant=variant, seed=seed, config_hash=h))
+        self.ledger.start(row_id, optuna_number=number, git=self.git, budget=budget)
+        self.active[trial.trial_id] = {"row": row_id, "optuna": optuna_id, "variant": variant, "seed": seed,
+                                       "hash": h, "summarised": False}
+        self.progress.trial_started(trial.trial_id, f"{variant} (seed {seed})")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        t = self.active.get(trial.trial_id)
+        if t is None:
+            return
+        if result.get("kind") == "metrics":
+            self.ledger.add_metrics(t["row"], result["records"])
+            self.mirror.report(t["optuna"], result["records"])
+        elif result.get("kind") == "summary":
+            self._finish(trial.trial_id, result["summary"])
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # reached only when the worker itself died (e.g. killed for memory): trial_main catches the rest
+        error = trial.get_error()
+        reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
+        self._finish(trial.trial_id, {"status": "failed", "reason": f"worker error: {reason}"})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        t = self.active.get(trial.trial_id)
+        if t is not None and not t["summarised"]:
+            self._finish(trial.trial_id, {"status": "failed", "reason": "trial ended without a summary"})
+
+    def _finish(self, tune_id: str, summary: dict[str, Any]) -> None:
+        t = self.active[tune_id]
+        if t["summarised"]:
+            return
+        t["summarised"] = True
+        self.ledger.finish(t["row"], summary)
+        status = summary.get("status") if summary.get("status") in ("completed", "diverged") else "failed"
+        value = objective(summary) if status == "completed" else None
+        attrs = trial_attrs(variant=t["variant"], seed=t["seed"], config_hash=t["hash"], summary=summary,
+                            gpus=self.placement.gpus_per_trial)
+        self.mirror.set_attrs(t["optuna"], attrs)
+        if not self.search:  # OptunaSearch tells its own trials, from the same summary report
+            self.mirror.finish(t["optuna"], value)
+        self.progress.trial_finished(tune_id, status=status, value=value, reason=summary.get("reason"),
+                                     variant=t["variant"], seed=t["seed"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into its own experiment state for Tuner.restore, which we never use (the
+        # store is how a sweep resumes); the live connections in here cannot be pickled, and need not be
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        return [t for t in self.active.values() if not t["summarised"]]
+
+
+def _is_baseline(base: RunConfig, overrides: dict[str, Any]) -> bool:
+    return apply_overrides(base, overrides).hash() == base.hash()
+
+
+def _baseline_point(resolved: ResolvedSweep) -> dict[str, Any]:
+    """The baseline's values of the searched keys (parameter names are the override keys)."""
+    import optuna
+
+    keys = search_overrides(resolved.sweep, optuna.create_study().ask()).keys()
+    d = resolved.base.to_dict()
+    return {k: d[k.split(".")[0]][k.split(".")[1]] for k in keys}
+
+
+def _optuna_search_class() -> type:
+    from ray.tune.search.optuna import OptunaSearch
+
+    class TellOnlyOptunaSearch(OptunaSearch):
+        """OptunaSearch without its per-report intermediate values: our reports are batches of metric records
+        (no objective), and the mirror records intermediate values keyed by tokens instead of iterations."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            return None
+
+    return TellOnlyOptunaSearch
+
+
+def _define_by_run(trial: Any, *, sweep: Any) -> dict[str, Any]:
+    return {"overrides": search_overrides(sweep, trial), "_optuna_number": trial.number}
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def _ray_env(local: bool) -> None:
+    # before Ray is imported: these are read at import / init time
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment tables on our console
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the store is our log
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if local:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to `address` or start a local Ray; returns whether we started (and must stop) it."""
+    _ray_env(local=address is None)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    return True
+
+
+def cluster_resources() -> tuple[int, int]:
+    import ray
+
+    res = ray.cluster_resources()
+    return int(res.get("CPU", 1)), int(res.get("GPU", 0))
+
+
+# ---------------------------------------------------------------- running a sweep
+
+
+@dataclass
+class RunResult:
+    name: str
+    store_url: str
+    ran: int
+    skipped: int
+    counts: dict[str, int]
+    best: tuple[str, int, float] | None
+    wall_s: float
+
+
+def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | None = None) -> RunResult:
+    console = console or Console()
+    t_start = time.monotonic()
+    sweep = resolved.sweep
+    _, prepare = load_backend(opts.backend)
+    ledger = Ledger(opts.store_url)
+    started_ray = False
+    try:
+        ledger.check_compatible(resolved)
+        if opts.address:
+            started_ray = start_ray(opts.address)
+            cpus, gpus = cluster_resources()
+        else:
+            cpus, gpus = local_resources()
+        placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=opts.gpus_per_trial,
+                          max_concurrent=opts.max_concurrent)
+        sweep_id = ledger.upsert_sweep(resolved, {"placement": dataclasses.asdict(placement), "backend": opts.backend})
+        variant_names = None if sweep.is_search else [v.name for v in resolved.runnable_variants()]
+        mirror = OptunaMirror(opts.store_url, resolved.name, variants=variant_names, attrs={
+            "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
+            "kind": "search" if sweep.is_search else "grid"})
+        orphans = mirror.fail_orphans()
+        interrupted = ledger.recover_interrupted(sweep_id, search=sweep.is_search)
+        if orphans or interrupted:
+            console.print(f"resuming: {interrupted} interrupted trial(s) replanned, {orphans} orphaned Optuna "
+                          "trial(s) marked FAIL")
+
+        if sweep.is_search:
+            finished, baseline_done = ledger.search_state(sweep_id)
+            todo_count, skipped, grid_rows = max(0, resolved.num_trials - finished), finished, []
+            data_configs = {resolved.base.data: []} if todo_count else {}
+        else:
+            grid_rows, skipped = ledger.plan(sweep_id, resolved.trials(), retry_failed=opts.retry_failed)
+            todo_count = len(grid_rows)
+            data_configs = {}
+            for row_id, planned in grid_rows:
+                data_configs.setdefault(planned.config.data, []).append(row_id)
+
+        console.print(
+            f"[bold]{resolved.name}[/]: {resolved.num_trials} trials ({skipped} already done, {todo_count} to run) "
+            f"| preset {resolved.preset}, budget {resolved.budget_text} | {placement.describe()}"
+        )
+        if todo_count:
+            grid_rows = _prepare_data(prepare, data_configs, grid_rows, ledger, console)
+            todo_count = len(grid_rows) if not sweep.is_search else todo_count
+        if todo_count:
+            if not started_ray and not opts.address:
+                started_ray = start_ray(None, num_cpus=cpus)
+            git = _git_state()
+            estimate = resolved.base.budget.amount + OVERHEAD_GUESS_S if resolved.base.budget.kind == "seconds" else None
+            progress = LiveProgress(resolved.name, total=resolved.num_trials, already_done=skipped,
+                                    concurrency=placement.concurrency, console=console, estimate_trial_s=estimate)
+            driver = type("DriverCallback", (_Driver, _callback_base()), {})(
+                ledger=ledger, mirror=mirror, resolved=resolved, sweep_id=sweep_id, grid_rows=grid_rows, git=git,
+                progress=progress, placement=placement)
+            with progress:
+                _fit(resolved, opts, placement, grid_rows, todo_count, mirror, ledger, sweep_id, driver)
+            for t in driver.unfinished():  # Ctrl-C: Tune stopped the running trials
+                if mirror.is_running(t["optuna"]):
+                    mirror.set_attrs(t["optuna"], {"status": "cancelled", "status_reason": "sweep stopped by user"})
+                    mirror.finish(t["optuna"], None)
+            ledger.cancel_unfinished(sweep_id, "sweep stopped before this trial finished; rerun the command to resume")
+        final = ledger.progress(resolved.name)
+        assert final is not None
+        return RunResult(resolved.name, opts.store_url, todo_count, skipped, final.counts, final.best,
+                         time.monotonic() - t_start)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        ledger.close()
+
+
+def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, list[int]],
+                  grid_rows: list[tuple[int, Any]], ledger: Ledger, console: Console) -> list[tuple[int, Any]]:
+    """Tokenize each distinct data config once, here, so trials find it cached instead of all building it
+    at the same time. A config that fails fails its trials (with the reason) and the rest go on."""
+    failed_rows: set[int] = set()
+    for i, (data_cfg, row_ids) in enumerate(data_configs.items(), 1):
+        t0 = time.monotonic()
+        console.print(f"preparing data {i}/{len(data_configs)} (source {data_cfg.source}, "
+                      f"{data_cfg.tokenizer} {data_cfg.vocab_size})")
+        try:
+            prepare(data_cfg, progress=console.is_terminal)
+        except Exception as e:
+            reason = f"data preparation failed: {type(e).__name__}: {one_line(str(e))}"
+            console.print(f"[red]{reason}[/]")
+            if not row_ids:  # a search sweep: every trial needs the base data
+                raise
+            ledger.fail_unprepared(row_ids, reason)
+            failed_rows.update(row_ids)
+            continue
+        console.print(f"  ready in {format_seconds(time.monotonic() - t0)}")
+    return [(r, p) for r, p in grid_rows if r not in failed_rows]
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    from cram_core import hardware
+
+    return hardware.git_state()
+
+
+def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_rows: list[tuple[int, Any]],
+         todo_count: int, mirror: OptunaMirror, ledger: Ledger, sweep_id: int, driver: Any) -> None:
+    import functools
+
+    from ray import tune
+
+    static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads}
+    resources = {"cpu": placement.cpus_per_trial, "gpu": placement.gpus_per_trial}
+    if resolved.sweep.is_search:
+        static.update(base=resolved.base.to_dict(), seed=resolved.seeds[0])
+        _, baseline_done = ledger.search_state(sweep_id)
+        points = [] if baseline_done or mirror.has_waiting() else [_baseline_point(resolved)]
+        searcher = _optuna_search_class()(
+            space=functools.partial(_define_by_run, sweep=resolved.sweep), metric="objective", mode="min",
+            study_name=resolved.name, storage=mirror.storage, points_to_evaluate=points or None)
+        tune_config = tune.TuneConfig(search_alg=searcher, num_samples=todo_count,
+                                      max_concurrent_trials=placement.concurrency, reuse_actors=True)
+        param_space = None
+    else:
+        static["configs"] = [planned.config.to_dict() for _, planned in grid_rows]
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=placement.concurrency, reuse_actors=True)
+        param_space = {"index": tune.grid_search(list(range(len(grid_rows))))}
+    trainable = tune.with_resources(tune.with_parameters(trial_main, static=static), resources)
+    storage = tempfile.mkdtemp(prefix="cram-tune-")
+    try:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space, tune_config=tune_config,
+            run_config=tune.RunConfig(name=resolved.name, storage_path=storage, verbose=0, callbacks=[driver],
+                                      log_to_file=False),
+        )
+        tuner.fit()
+    finally:
+        # Tune's own experiment state is not used for resume (the store is), so it is not kept
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def estimate_wall_s(resolved: ResolvedSweep, placement: Placement, remaining: int | None = None) -> float | None:
+    """Rough wall time for `show` and `--dry-run` (seconds budgets only)."""
+    if resolved.base.budget.kind != "seconds":
+        return None
+    n = resolved.num_trials if remaining is None else remaining
+    return math.ceil(n / placement.concurrency) * (resolved.base.budget.amount + OVERHEAD_GUESS_S)
+
+
+def describe_budget(cfg: RunConfig) -> str:
+    return format_budget(cfg.budget.kind, cfg.budget.amount)
