@@ -45,7 +45,7 @@ def note_body(store_url: str, sweep_name: str, png_path: Path | str) -> str:
     return "\n".join([
         f"## Sweep `{sweep_name}`: analysis",
         "",
-        f"Loss against tokens (PNG; SVG beside it): `{png}`",
+        f"Loss curves, LR and batch size (PNG; the SVG is beside it): `{png}`",
         "",
         f"Rebuild: `python -m analysis plot {sweep_name} --store {store_url} --x tokens`",
         "",

@@ -635,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--weights", default="auto", choices=("auto", *WEIGHT_FILES),
                         help="which weights of the run: auto = averaged when saved, else model")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch; 0 = torch default (1 is often faster for tiny models on a busy host)")
     parser.add_argument("--json", default=None, help="also write records and medians to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines on stderr")
     args = parser.parse_args(argv)
@@ -647,6 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: --json {args.json}: {e.strerror}", file=sys.stderr)
             return 2
+    if args.threads < 0:
+        print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         if not args.lr > 0:

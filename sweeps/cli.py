@@ -226,12 +226,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             concurrency = (p.definition.get("placement") or {}).get("concurrency", 1)
             c = p.counts
             best = f"{p.best[0]} (seed {p.best[1]}) {p.best[2]:.4f}" if p.best else "-"
-            eta = p.eta_seconds(concurrency) if c["planned"] or c["running"] else 0.0
+            if c["running"]:
+                eta = format_seconds(p.eta_seconds(concurrency))
+            elif c["planned"]:  # nothing running: the sweep was stopped; this is what a rerun needs
+                eta = f"{format_seconds(p.eta_seconds(concurrency))} once resumed"
+            else:
+                eta = "done"
             console.print(
                 f"[bold]{name}[/]: {c['completed']} completed, {c['running']} running, {c['planned']} planned, "
                 f"{c['failed']} failed, {c['diverged']} diverged"
                 + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
-                + f" | best {best} | ETA {format_seconds(eta) if c['running'] else format_seconds(eta) + ' (when resumed)' if c['planned'] else 'done'}"
+                + f" | best {best} | ETA {eta}"
             )
             if args.name:
                 _print_trials(ledger, name, console)

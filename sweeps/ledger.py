@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from cram_core.config import ConfigError, RunConfig
 from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
+from sweeps.trial import objective, one_line
 from sweeps.store import (
     SUMMARY_FIELDS,
     MetricRow,
@@ -38,20 +39,6 @@ FINAL_STATUSES = ("completed", "diverged")
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def objective(summary: dict[str, Any]) -> float | None:
-    """The number a sweep minimises: held-out eval loss when the trainer produced one, else final train loss."""
-    for key in ("eval_loss", "final_loss"):
-        value = summary.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
-    return None
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass
@@ -180,7 +167,8 @@ class Ledger:
         trials = list(trials)
 
         def op(s: Session) -> tuple[list[tuple[int, int]], int]:
-            existing = {(r.config_hash, r.seed): r for r in s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id))}
+            rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id))
+            existing = {(r.config_hash, r.seed): r for r in rows}
             todo, done, wanted = [], 0, set()
             for i, t in enumerate(trials):
                 key = (t.config_hash, t.seed)
@@ -301,7 +289,7 @@ class Ledger:
             counts = dict(s.execute(select(TrialRow.status, func.count()).where(TrialRow.sweep_id == sweep.id)
                                     .group_by(TrialRow.status)).all())
             rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id,
-                                                         TrialRow.status.in_(("completed", "diverged", "failed", "running")))))
+                                                         TrialRow.status.in_(("completed", "running")))))
             best = None
             durations, running = [], []
             now = _now()
@@ -311,7 +299,7 @@ class Ledger:
                     continue
                 if r.started_at and r.finished_at and r.status == "completed":
                     durations.append((_aware(r.finished_at) - _aware(r.started_at)).total_seconds())
-                value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss}) if r.status == "completed" else None
+                value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
                 if value is not None and (best is None or value < best[2]):
                     best = (r.variant, r.seed, value)
             mean = sum(durations) / len(durations) if durations else None

@@ -14,12 +14,10 @@ killed driver left RUNNING as FAIL. See `Ledger` and `OptunaMirror`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,14 +27,12 @@ from rich.console import Console
 
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
 from sweeps.definitions import BASELINE, ResolvedSweep, format_budget, search_label, search_overrides, with_seed
-from sweeps.ledger import Ledger, objective, one_line
+from sweeps.ledger import Ledger
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, trial_attrs
+from sweeps.trial import load_backend, objective, one_line, trial_main
 
 RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
-# Metric records are batched per report: each tune.report is a round trip to the driver, and under a
-# wall-clock budget the trial's clock runs while it waits.
-REPORT_EVERY_S = 2.0
 # Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.
 OVERHEAD_GUESS_S = 10.0
 
@@ -98,79 +94,6 @@ def local_resources() -> tuple[int, int]:
     import torch
 
     return os.cpu_count() or 1, torch.cuda.device_count()
-
-
-# ---------------------------------------------------------------- backends
-
-
-def load_backend(name: str) -> tuple[Callable[..., dict], Callable[..., Any]]:
-    """(train, prepare) of a trainer backend: ``cram_core`` (the real one) or a module with both functions."""
-    if name == "cram_core":
-        from cram_core.data import prepare
-        from cram_core.train import train
-
-        return train, prepare
-    module = importlib.import_module(name)
-    return module.train, module.prepare
-
-
-# ---------------------------------------------------------------- the trial (runs in a Ray worker)
-
-
-def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
-    """One trial: train, stream metric records to the driver, report the summary. Never raises for a
-    training error: a crash becomes a `failed` summary with a one-line reason, and the sweep goes on."""
-    from ray import tune
-
-    cfg = _trial_config(config, static)
-    buffer: list[dict[str, Any]] = []
-    last_flush = [time.monotonic()]
-
-    def flush() -> None:
-        if buffer:
-            tune.report({"kind": "metrics", "records": list(buffer)})
-            buffer.clear()
-        last_flush[0] = time.monotonic()
-
-    def callback(record: dict[str, Any]) -> None:
-        buffer.append({k: _plain(v) for k, v in record.items()})
-        if time.monotonic() - last_flush[0] >= REPORT_EVERY_S:
-            flush()
-
-    try:
-        train, _ = load_backend(static["backend"])
-        summary = train(cfg, callback=callback, progress=False)
-    except Exception as e:  # the trial's failure is its result; the sweep must go on
-        summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
-                   "seed": cfg.train.seed, "host": socket.gethostname(),
-                   "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount}}
-    flush()
-    summary = {k: _plain(v) for k, v in summary.items()}
-    value = objective(summary) if summary.get("status") == "completed" else None
-    # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
-    tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
-
-
-def _trial_config(config: dict[str, Any], static: dict[str, Any]) -> RunConfig:
-    if "index" in config:
-        cfg = RunConfig.from_dict(static["configs"][config["index"]])
-    else:
-        cfg = with_seed(apply_overrides(RunConfig.from_dict(static["base"]), config["overrides"]), static["seed"])
-    if cfg.impl.threads == 0:  # an explicit --set impl.threads wins over the packing
-        cfg = dataclasses.replace(cfg, impl=dataclasses.replace(cfg.impl, threads=static["threads"]))
-    return cfg
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe scalars (numpy, tensors) so reports pickle small and store cleanly."""
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 # ---------------------------------------------------------------- the driver's Tune callback
@@ -393,7 +316,8 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             if not started_ray and not opts.address:
                 started_ray = start_ray(None, num_cpus=cpus)
             git = _git_state()
-            estimate = resolved.base.budget.amount + OVERHEAD_GUESS_S if resolved.base.budget.kind == "seconds" else None
+            budget = resolved.base.budget
+            estimate = budget.amount + OVERHEAD_GUESS_S if budget.kind == "seconds" else None
             progress = LiveProgress(resolved.name, total=resolved.num_trials, already_done=skipped,
                                     concurrency=placement.concurrency, console=console, estimate_trial_s=estimate)
             driver = type("DriverCallback", (_Driver, _callback_base()), {})(

@@ -5,7 +5,7 @@
 """
 
 from cram_core.data.errors import DataError
-from cram_core.data.prepare import PreparedData, prepare
+from cram_core.data.pipeline import PreparedData, prepare
 from cram_core.data.tokenizer import SPECIAL_TOKENS, SpecialIds
 
 __all__ = ["DataError", "PreparedData", "SPECIAL_TOKENS", "SpecialIds", "TrainLoader", "prepare"]

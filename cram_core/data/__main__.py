@@ -11,7 +11,7 @@ import sys
 import time
 
 from cram_core.config import ConfigError, RunConfig, apply_overrides
-from cram_core.data.prepare import PreparedData, prepare
+from cram_core.data.pipeline import PreparedData, prepare
 
 
 def main(argv: list[str] | None = None) -> int:

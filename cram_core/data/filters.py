@@ -3,10 +3,11 @@
 Order: exact-duplicate removal (``dedup=exact`` or ``substring``), the compressibility filter, then
 exact-substring deduplication (``dedup=substring``). The last two count tokens with a *filter
 tokenizer*: same settings as the final one, trained on the unfiltered documents, as the paper does.
-Cheaper equivalent we use on large corpora: that tokenizer is trained on a seeded random subset of at
-most ``FILTER_TOKENIZER_CHARS`` characters (the whole corpus below that). On the offline corpus (115 M
-characters), the t=0.25 filter decisions of a tokenizer trained on a 20 M-character subset differ
-from those of one trained on everything for well under 1% of the documents, at a fraction of the time.
+Only for corpora beyond ``FILTER_TOKENIZER_CHARS`` characters is that tokenizer trained on a seeded
+random subset of that size (a cheaper equivalent); the offline corpus (115 M characters) is below the
+cap and so is filtered exactly as in the paper. The cap is generous on purpose: measured on the offline
+corpus with WordPiece 32768 and t=0.25, a filter tokenizer trained on a 10% subset removed 2066
+documents instead of 1796 (a less fitted vocabulary needs more tokens per character), a 25% subset 1919.
 
 Substring dedup marks every token inside a window of ``dedup_min_tokens`` tokens that already occurred
 earlier in the corpus (windows never span two documents) and cuts those tokens' characters out of the
@@ -23,7 +24,7 @@ import numpy as np
 from cram_core.config import DataConfig
 from cram_core.data.tokenizer import Ragged, encode_documents, train_tokenizer
 
-FILTER_TOKENIZER_CHARS = 20_000_000
+FILTER_TOKENIZER_CHARS = 150_000_000
 
 
 def apply_filters(docs: list[str], cfg: DataConfig, *, progress: bool) -> tuple[list[str], dict]:

@@ -143,7 +143,7 @@ def read_documents(
 def _mix(sources: list[Source], text_field: str, limit: int | None, seed: int) -> tuple[list[str], list[dict]]:
     weights = np.array([s.weight for s in sources], dtype=np.float64)
     weights /= weights.sum()
-    caps = [None if limit is None else math.ceil(w * limit) + 1 for w in weights]
+    caps = [None if limit is None else math.ceil(w * limit) for w in weights]
     pools = [list(islice(iter_documents(s, text_field), cap)) for s, cap in zip(sources, caps)]
     for src, pool in zip(sources, pools):
         if not pool:
@@ -209,7 +209,7 @@ def _as_text(value: object, text_field: str, where: str) -> str:
 
 
 def _read_parquet(src: Source, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
+    pq = _optional_import("pyarrow.parquet", "parquet")
 
     for path in src.files:
         try:
@@ -233,7 +233,7 @@ def _read_hf(src: Source, text_field: str) -> Iterator[str]:
 
 
 def _load_hf(arg: str):
-    import datasets
+    datasets = _optional_import("datasets", "hf")
 
     if os.path.isdir(arg):
         try:
@@ -251,6 +251,15 @@ def _load_hf(arg: str):
     except Exception as e:  # hub, network and builder errors have no common base; keep the reason
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"hf:{arg}: cannot load ({reason})") from e
+
+
+def _optional_import(module: str, kind: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{kind}: sources need the {module.split('.')[0]!r} package (pip install it)") from None
 
 
 READERS = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf}

@@ -52,7 +52,6 @@ def test_status_counts_throughput_and_loss_metric(lr_rows):
     assert set(lr_rows["loss_metric"]) == {"eval_loss"}
 
 
-
 def test_markdown_table(store_url):
     text = tables.sweep_table(store_url, "lr_schedules")
     lines = text.splitlines()

@@ -104,10 +104,7 @@ def _load(path: Path, *, cache_hit: bool) -> PreparedData:
 def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) -> dict[str, Any]:
     """Run the whole pipeline for ``cfg`` into directory ``out``; returns (and writes) the statistics."""
     from cram_core.data.filters import apply_filters
-    from cram_core.data.ordering import order_documents
-    from cram_core.data.packing import pack, token_dtype
     from cram_core.data.sources import read_documents
-    from cram_core.data.tokenizer import check_vocab, encode_documents, train_tokenizer
 
     clock = _PhaseClock()
     docs, per_source = read_documents(sources, text_field=cfg.text_field, max_documents=cfg.max_documents,
@@ -121,6 +118,27 @@ def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) 
         raise DataError(f"no documents left after filtering {n_read} (data.compressibility={cfg.compressibility}, "
                         f"data.dedup={cfg.dedup})")
     clock.lap("filter")
+    docs, ragged, vocab_size = _tokenize(cfg, docs, out, clock, progress=progress)
+    tokens, packed = _order_and_pack(cfg, docs, ragged, vocab_size)
+    np.save(out / "tokens.npy", tokens)
+    clock.lap("pack")
+    n_tokens = int(ragged.lengths.sum())
+    stats = {
+        "source": cfg.source, "sources": per_source, "documents_read": n_read, "filters": filters,
+        "documents_kept": len(docs), "tokens": n_tokens, "sequences_packed": packed, "sequences": len(tokens),
+        "seq_len": cfg.seq_len, "dtype": str(tokens.dtype), "vocab_size": vocab_size, "tokenizer": cfg.tokenizer,
+        "ordering": cfg.ordering, "seconds": clock.laps, "build_seconds": round(clock.total, 3),
+        "tokens_per_second": round(n_tokens / max(clock.total, 1e-9)),
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return stats
+
+
+def _tokenize(cfg: DataConfig, docs: list[str], out: Path, clock: _PhaseClock, *, progress: bool):
+    """Train and save the final tokenizer, encode every document; drops documents with no tokens."""
+    from cram_core.data.tokenizer import check_vocab, encode_documents, train_tokenizer
+
     tok = train_tokenizer(docs, cfg, progress=progress)
     vocab_size = check_vocab(tok)
     tok.save(str(out / "tokenizer.json"))
@@ -131,6 +149,14 @@ def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) 
         docs = [d for d, k in zip(docs, nonempty) if k]
         ragged = ragged.select(nonempty)
     clock.lap("encode")
+    return docs, ragged, vocab_size
+
+
+def _order_and_pack(cfg: DataConfig, docs: list[str], ragged, vocab_size: int) -> tuple[np.ndarray, int]:
+    """[N, seq_len] blocks in ``cfg.ordering``, cut to ``cfg.max_sequences``; and N before the cut."""
+    from cram_core.data.ordering import order_documents
+    from cram_core.data.packing import pack, token_dtype
+
     order = order_documents(docs, ragged, cfg)
     tokens = pack(ragged, order, seq_len=cfg.seq_len, add_sep=cfg.add_sep, add_cls=cfg.add_cls,
                   dtype=token_dtype(vocab_size))
@@ -140,18 +166,7 @@ def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) 
     if len(tokens) == 0:
         raise DataError(f"corpus too small: {int(ragged.lengths.sum())} tokens make no sequence of "
                         f"data.seq_len={cfg.seq_len}")
-    np.save(out / "tokens.npy", tokens)
-    clock.lap("pack")
-    stats = {
-        "source": cfg.source, "sources": per_source, "documents_read": n_read, "filters": filters,
-        "documents_kept": len(docs), "tokens": int(ragged.lengths.sum()), "sequences_packed": packed,
-        "sequences": len(tokens), "seq_len": cfg.seq_len, "dtype": str(tokens.dtype), "vocab_size": vocab_size,
-        "tokenizer": cfg.tokenizer, "ordering": cfg.ordering, "seconds": clock.laps,
-        "build_seconds": clock.total, "tokens_per_second": int(ragged.lengths.sum()) / max(clock.total, 1e-9),
-    }
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    return stats
+    return tokens, packed
 
 
 class _PhaseClock:
