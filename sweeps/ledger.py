@@ -222,6 +222,17 @@ class Ledger:
 
         return self._read(op)
 
+    def finished_optuna_trials(self, sweep_id: int) -> dict[int, TrialRow]:
+        """Finished rows by Optuna trial number: what a resume needs to finish Optuna twins that a kill
+        between the store write and the Optuna write left RUNNING."""
+        def op(s: Session) -> dict[int, TrialRow]:
+            rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
+                                                    TrialRow.status.in_(("completed", "diverged", "failed")),
+                                                    TrialRow.optuna_trial_number.is_not(None)))
+            return {r.optuna_trial_number: r for r in rows}
+
+        return self._read(op)
+
     # -------------------------------------------------------------- a trial's life
 
     def add_search_trial(self, sweep_id: int, variant: str, cfg: RunConfig) -> int:

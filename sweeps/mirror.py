@@ -46,13 +46,25 @@ class OptunaMirror:
     def _do(fn: Any, *args: Any) -> Any:
         return retry_on_locked(lambda: fn(*args))
 
-    def fail_orphans(self) -> int:
-        """RUNNING trials left by a killed driver can never finish: mark them FAIL with the reason."""
-        orphans = self._do(self.study.get_trials, False, (TrialState.RUNNING,))
-        for t in orphans:
-            self._do(self.storage.set_trial_user_attr, t._trial_id, "status_reason", INTERRUPTED)
-            self._do(self.storage.set_trial_state_values, t._trial_id, TrialState.FAIL, None)
-        return len(orphans)
+    def recover(self, finished: dict[int, tuple[float | None, dict[str, Any]]]) -> tuple[int, int]:
+        """Settle the RUNNING trials a killed driver left behind; returns (finished from the store, failed).
+
+        A trial the store already records as finished (the kill fell between the two writes) is finished
+        here from the store's values: the store is the truth and will not rerun it. Any other RUNNING trial
+        can never finish: FAIL, with the reason, and the store reruns its (config, seed) as a new trial.
+        """
+        settled = failed = 0
+        for t in self._do(self.study.get_trials, False, (TrialState.RUNNING,)):
+            if t.number in finished:
+                value, attrs = finished[t.number]
+                self.set_attrs(t._trial_id, attrs)
+                self.finish(t._trial_id, value)
+                settled += 1
+            else:
+                self._do(self.storage.set_trial_user_attr, t._trial_id, "status_reason", INTERRUPTED)
+                self._do(self.storage.set_trial_state_values, t._trial_id, TrialState.FAIL, None)
+                failed += 1
+        return settled, failed
 
     def has_waiting(self) -> bool:
         return bool(self._do(self.study.get_trials, False, (TrialState.WAITING,)))

@@ -288,11 +288,11 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         mirror = OptunaMirror(opts.store_url, resolved.name, variants=variant_names, attrs={
             "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
             "kind": "search" if sweep.is_search else "grid"})
-        orphans = mirror.fail_orphans()
+        settled, orphans = mirror.recover(_finished_twins(ledger, sweep_id, placement))
         interrupted = ledger.recover_interrupted(sweep_id, search=sweep.is_search)
-        if orphans or interrupted:
+        if orphans or interrupted or settled:
             console.print(f"resuming: {interrupted} interrupted trial(s) replanned, {orphans} orphaned Optuna "
-                          "trial(s) marked FAIL")
+                          f"trial(s) marked FAIL, {settled} finished from the store")
 
         if sweep.is_search:
             finished, baseline_done = ledger.search_state(sweep_id)
@@ -340,6 +340,17 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
 
             ray.shutdown()
         ledger.close()
+
+
+def _finished_twins(ledger: Ledger, sweep_id: int, placement: Placement
+                    ) -> dict[int, tuple[float | None, dict[str, Any]]]:
+    out = {}
+    for number, row in ledger.finished_optuna_trials(sweep_id).items():
+        summary = row.summary or {"status": row.status, "reason": row.reason}
+        value = objective(summary) if row.status == "completed" else None
+        out[number] = (value, trial_attrs(variant=row.variant, seed=row.seed, config_hash=row.config_hash,
+                                          summary=summary, gpus=placement.gpus_per_trial))
+    return out
 
 
 def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, list[int]],
