@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError) as e:
         print(f"sweeps: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sweeps: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 # ---------------------------------------------------------------- list / show
@@ -178,7 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_sweep(resolved, opts, console=console)
     counts = result.counts
     console.print(
-        f"\n[bold]{result.name}[/] finished in {result.wall_s / 60:.1f} min: {counts['completed']} completed, "
+        f"\n[bold]{result.name}[/] {'finished' if result.complete else 'stopped'} after {result.wall_s / 60:.1f} min: "
+        f"{counts['completed']} completed, "
         f"{counts['diverged']} diverged, {counts['failed']} failed"
         + (f", {counts['planned'] + counts['cancelled']} not run" if counts["planned"] + counts["cancelled"] else "")
     )
@@ -189,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"  python -m sweeps status {result.name} --store {url}")
     console.print(f"  python -m sweeps dashboard --store {url}")
     console.print(f"  python -m analysis table {result.name} --store {url}")
-    if counts["planned"] or counts["running"]:
+    if not result.complete:
         console.print("[yellow]sweep incomplete: run the same command again to resume[/]")
         return 1
     return 0
@@ -254,8 +258,10 @@ def _print_trials(ledger: Any, name: str, console: Console) -> None:
     from sweeps.store import SweepRow, TrialRow
 
     def op(s: Any) -> list[Any]:
-        return list(s.scalars(select(TrialRow).join(SweepRow).where(SweepRow.name == name)
-                              .order_by(TrialRow.variant, TrialRow.seed)))
+        sweep = s.scalars(select(SweepRow).where(SweepRow.name == name)).one()
+        order = {v: i for i, v in enumerate(sweep.definition.get("variants", {}))}  # the sweep's own order
+        rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id).order_by(TrialRow.id))
+        return sorted(rows, key=lambda r: (order.get(r.variant, len(order)), r.seed))
 
     table = Table(box=None, padding=(0, 2), header_style="bold")
     for col in ("variant", "seed", "status", "loss", "tokens", "tok/s", "reason"):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -73,6 +76,24 @@ class SweepMismatch(ConfigError):
     """The store already holds this sweep with another baseline (preset, budget or --set)."""
 
 
+class SweepBusy(ConfigError):
+    """Another live driver is running this sweep on this store."""
+
+
+DRIVER_STALE_S = 60.0
+"a driver on another host whose heartbeat is older than this is taken as dead"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return pid > 0
+
+
 class Ledger:
     def __init__(self, url: str, *, create: bool = True):
         path = sqlite_path(url)
@@ -124,6 +145,35 @@ class Ledger:
                 f"differs (preset {new['preset']}, budget {new['budget']['text']}, overrides "
                 f"{new['base_overrides'] or 'none'}): use another --store, or the same options"
             )
+
+    def check_not_running(self, name: str) -> None:
+        """Refuse a second driver on a sweep whose first driver is alive: its recovery step would mark the
+        first one's running trials as interrupted. A dead driver (killed, crashed) is no obstacle."""
+        row = self.sweep(name)
+        driver = (row.definition or {}).get("driver") if row else None
+        if not driver:
+            return
+        age_s = time.time() - driver.get("heartbeat", 0)
+        if driver.get("host") == socket.gethostname():
+            alive = _pid_alive(driver.get("pid", -1)) and age_s < DRIVER_STALE_S * 10
+        else:
+            alive = age_s < DRIVER_STALE_S
+        if alive:
+            raise SweepBusy(f"sweep {name!r} is being run right now by pid {driver.get('pid')} on "
+                            f"{driver.get('host')} (alive {age_s:.0f} s ago); see python -m sweeps status {name}")
+
+    def heartbeat(self, sweep_id: int, *, clear: bool = False) -> None:
+        """Mark this process as the sweep's live driver (or, with clear, as gone)."""
+        def op(s: Session) -> None:
+            row = s.get(SweepRow, sweep_id)
+            definition = dict(row.definition)
+            if clear:
+                definition.pop("driver", None)
+            else:
+                definition["driver"] = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+            row.definition = definition
+
+        self._write(op)
 
     def upsert_sweep(self, resolved: ResolvedSweep, extra: dict[str, Any]) -> int:
         definition = to_json({**resolved.definition(), **extra})

@@ -7,8 +7,14 @@ Who does what:
   back with `tune.report`; a worker killed with the driver therefore cannot write a stale row.
 
 Resume: the store keys trials by (config hash, seed). Rerunning the same command skips completed and
-diverged trials, replans interrupted ones (their metric points deleted), and marks the Optuna trials a
-killed driver left RUNNING as FAIL. See `Ledger` and `OptunaMirror`.
+diverged trials (and failed ones, unless --retry-failed), replans interrupted ones (their metric points
+deleted), finishes Optuna twins the store already finished, and marks the other Optuna trials a killed
+driver left RUNNING as FAIL. A live driver's heartbeat in the store keeps a second driver off the same
+sweep. See `Ledger` and `OptunaMirror`.
+
+The store's `config` and `config_hash` are the planned experiment: impl.threads, which this module sets
+per trial from the packing, is placement and stays out of them (a resume on another machine must find
+the same keys); the config exactly as run is in the trial's `summary`.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from rich.console import Console
 
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
-from sweeps.definitions import BASELINE, ResolvedSweep, format_budget, search_label, search_overrides, with_seed
+from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_overrides, with_seed
 from sweeps.ledger import Ledger
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, trial_attrs
@@ -35,9 +42,9 @@ from sweeps.trial import load_backend, objective, one_line, trial_main
 RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
 # Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.
 OVERHEAD_GUESS_S = 10.0
-
-log = logging.getLogger(__name__)
-
+# How often the driver marks itself alive in the store, so a second `run` of the same sweep can tell a live
+# driver from a killed one.
+HEARTBEAT_S = 10.0
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -117,6 +124,7 @@ class _Driver:
         self.active: dict[str, dict[str, Any]] = {}
         "Tune trial id -> {row, optuna, variant, seed, hash, summarised}"
         self.search = resolved.sweep.is_search
+        self.last_heartbeat = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         budget = (self.resolved.base.budget.kind, self.resolved.base.budget.amount)
@@ -151,6 +159,8 @@ class _Driver:
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # reached only when the worker itself died (e.g. killed for memory): trial_main catches the rest
+        if trial.trial_id not in self.active:  # it died before it started: give it its rows first
+            self.on_trial_start(iteration, trials, trial)
         error = trial.get_error()
         reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
         self._finish(trial.trial_id, {"status": "failed", "reason": f"worker error: {reason}"})
@@ -175,6 +185,11 @@ class _Driver:
             self.mirror.finish(t["optuna"], value)
         self.progress.trial_finished(tune_id, status=status, value=value, reason=summary.get("reason"),
                                      variant=t["variant"], seed=t["seed"])
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self.last_heartbeat >= HEARTBEAT_S:
+            self.ledger.heartbeat(self.sweep_id)
+            self.last_heartbeat = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into its own experiment state for Tuner.restore, which we never use (the
@@ -265,6 +280,8 @@ class RunResult:
     counts: dict[str, int]
     best: tuple[str, int, float] | None
     wall_s: float
+    complete: bool
+    "False when the run was stopped (Ctrl-C) with trials left: rerunning the command resumes"
 
 
 def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | None = None) -> RunResult:
@@ -273,9 +290,10 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     sweep = resolved.sweep
     _, prepare = load_backend(opts.backend)
     ledger = Ledger(opts.store_url)
-    started_ray = False
+    started_ray, stopped, sweep_id = False, 0, None
     try:
         ledger.check_compatible(resolved)
+        ledger.check_not_running(resolved.name)
         if opts.address:
             started_ray = start_ray(opts.address)
             cpus, gpus = cluster_resources()
@@ -284,6 +302,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=opts.gpus_per_trial,
                           max_concurrent=opts.max_concurrent)
         sweep_id = ledger.upsert_sweep(resolved, {"placement": dataclasses.asdict(placement), "backend": opts.backend})
+        ledger.heartbeat(sweep_id)
         variant_names = None if sweep.is_search else [v.name for v in resolved.runnable_variants()]
         mirror = OptunaMirror(opts.store_url, resolved.name, variants=variant_names, attrs={
             "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
@@ -295,7 +314,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
                           f"trial(s) marked FAIL, {settled} finished from the store")
 
         if sweep.is_search:
-            finished, baseline_done = ledger.search_state(sweep_id)
+            finished, _ = ledger.search_state(sweep_id)
             todo_count, skipped, grid_rows = max(0, resolved.num_trials - finished), finished, []
             data_configs = {resolved.base.data: []} if todo_count else {}
         else:
@@ -329,12 +348,18 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
                 if mirror.is_running(t["optuna"]):
                     mirror.set_attrs(t["optuna"], {"status": "cancelled", "status_reason": "sweep stopped by user"})
                     mirror.finish(t["optuna"], None)
-            ledger.cancel_unfinished(sweep_id, "sweep stopped before this trial finished; rerun the command to resume")
+            stopped = ledger.cancel_unfinished(sweep_id, "sweep stopped before this trial finished; rerun to resume")
         final = ledger.progress(resolved.name)
         assert final is not None
+        if sweep.is_search:
+            complete = ledger.search_state(sweep_id)[0] >= resolved.num_trials
+        else:
+            complete = final.counts["planned"] == 0 and final.counts["running"] == 0 and not stopped
         return RunResult(resolved.name, opts.store_url, todo_count, skipped, final.counts, final.best,
-                         time.monotonic() - t_start)
+                         time.monotonic() - t_start, complete)
     finally:
+        if sweep_id is not None:
+            ledger.heartbeat(sweep_id, clear=True)
         if started_ray:
             import ray
 
@@ -391,6 +416,8 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
     static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads}
     resources = {"cpu": placement.cpus_per_trial, "gpu": placement.gpus_per_trial}
     if resolved.sweep.is_search:
+        # a diverged or crashed trial is told as NaN on purpose (Optuna records it FAIL); its warning is noise
+        warnings.filterwarnings("ignore", message="The value nan is not acceptable")
         static.update(base=resolved.base.to_dict(), seed=resolved.seeds[0])
         _, baseline_done = ledger.search_state(sweep_id)
         points = [] if baseline_done or mirror.has_waiting() else [_baseline_point(resolved)]
@@ -424,7 +451,3 @@ def estimate_wall_s(resolved: ResolvedSweep, placement: Placement, remaining: in
         return None
     n = resolved.num_trials if remaining is None else remaining
     return math.ceil(n / placement.concurrency) * (resolved.base.budget.amount + OVERHEAD_GUESS_S)
-
-
-def describe_budget(cfg: RunConfig) -> str:
-    return format_budget(cfg.budget.kind, cfg.budget.amount)

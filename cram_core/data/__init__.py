@@ -8,7 +8,7 @@ from cram_core.data.errors import DataError
 from cram_core.data.pipeline import PreparedData, prepare
 from cram_core.data.tokenizer import SPECIAL_TOKENS, SpecialIds
 
-__all__ = ["DataError", "PreparedData", "SPECIAL_TOKENS", "SpecialIds", "TrainLoader", "prepare"]
+__all__ = ["SPECIAL_TOKENS", "DataError", "PreparedData", "SpecialIds", "TrainLoader", "prepare"]
 
 
 def __getattr__(name: str):

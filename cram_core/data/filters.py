@@ -12,9 +12,11 @@ documents instead of 1796 (a less fitted vocabulary needs more tokens per charac
 Substring dedup marks every token inside a window of ``dedup_min_tokens`` tokens that already occurred
 earlier in the corpus (windows never span two documents) and cuts those tokens' characters out of the
 text, so the first occurrence of a repeated span stays and later copies go, as in Lee et al. 2021
-("Deduplicating training data makes language models better"). Equal windows are found exactly, no
-hashing: prefix doubling as in suffix-array construction (Manber & Myers), stopped once the sorted
-prefixes are ``dedup_min_tokens`` tokens long rather than run until every suffix is distinct.
+("Deduplicating training data makes language models better"). Lee et al. find the repeats with a
+suffix array; since only windows of one fixed length matter, we group windows by a rolling-hash
+fingerprint instead (built by doubling in log2(k) numpy passes, then one sort) and confirm every
+candidate repeat token by token, so the result is exact (no pip package needed, ~10x faster than a
+numpy prefix-doubling suffix sort).
 """
 
 from __future__ import annotations
@@ -95,42 +97,57 @@ def _cut(text: str, offsets: list[tuple[int, int]], drop: np.ndarray) -> str:
 
 def repeated_span_mask(ragged: Ragged, k: int) -> np.ndarray:
     """Bool per token: inside a k-token window (within one document) that occurred earlier in the corpus."""
-    n = len(ragged.flat)
+    flat, n = ragged.flat, len(ragged.flat)
     if n < k:
         return np.zeros(n, dtype=bool)
-    rank = kgram_ranks(ragged.flat, k)
     doc_of = np.repeat(np.arange(len(ragged)), ragged.lengths)
     starts = np.flatnonzero(doc_of[: n - k + 1] == doc_of[k - 1 :])
-    _, first = np.unique(rank[starts], return_index=True)
-    later = np.ones(len(starts), dtype=bool)
-    later[first] = False
-    dup = starts[later]
+    later, first = _later_occurrences(window_fingerprints(flat, k)[starts])
+    same = np.ones(len(later), dtype=bool)
+    for j in range(k):  # exact check, so a fingerprint collision can only keep text, never cut it
+        same &= flat[starts[later] + j] == flat[starts[first] + j]
+    dup = starts[later[same]]
     # +1 where a repeated window starts, -1 where it ends: positive running sum = covered token
     cover = np.bincount(dup, minlength=n + 1) - np.bincount(dup + k, minlength=n + 1)
     return np.cumsum(cover[:n]) > 0
 
 
-def kgram_ranks(tokens: np.ndarray, k: int) -> np.ndarray:
-    """Rank of each k-token window ``tokens[i:i+k]`` (i <= n-k); equal ranks iff equal windows."""
+def _later_occurrences(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices i whose key occurred at a smaller index, and for each the smallest index with that key."""
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    group_start = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    group_first = np.minimum.reduceat(order, group_start)
+    first = np.repeat(group_first, np.diff(np.append(group_start, len(order))))
+    later = order != first
+    return order[later], first[later]
+
+
+# Two primes below 2**31, so a residue times a residue fits in uint64; a pair of independent
+# polynomial hashes has no systematic collisions (unlike one hash mod 2**64, which Thue-Morse
+# sequences defeat), and the exact check above covers the chance ones.
+_HASHES = ((2_147_483_629, 1_000_003), (2_147_483_587, 911_382_323))
+
+
+def window_fingerprints(tokens: np.ndarray, k: int) -> np.ndarray:
+    """uint64 fingerprint of each k-token window ``tokens[i:i+k]`` (i <= n-k); equal windows, equal keys."""
+    high, low = (_window_hash(tokens, k, p, b) for p, b in _HASHES)
+    return (high << np.uint64(31)) | low
+
+
+def _window_hash(tokens: np.ndarray, k: int, p: int, b: int) -> np.ndarray:
+    """sum_j tokens[i+j] * b**(k-1-j) mod p for every window, from hashes of power-of-two-length pieces:
+    log2(k) vectorised passes instead of k."""
     n = len(tokens)
-    assert 1 <= k <= n and n < 2**32  # ranks are packed in pairs into uint64
-    _, rank = np.unique(tokens, return_inverse=True)
-    rank = rank.astype(np.int64) + 1
-    width = 1
-    while 2 * width <= k:
-        rank = _pair_ranks(rank, width)  # now ranks of (2 * width)-grams
+    assert 1 <= k <= n
+    piece = tokens.astype(np.uint64) % np.uint64(p)  # hash of the 1-token window at every position
+    width, acc, acc_len = 1, None, 0
+    while True:
+        if k & width:  # append this piece after the acc_len tokens hashed so far
+            part = piece[acc_len : acc_len + n - k + 1]
+            acc = part if acc is None else (acc * np.uint64(pow(b, width, p)) + part) % np.uint64(p)
+            acc_len += width
+        if 2 * width > k:
+            return acc
+        piece = (piece[:-width] * np.uint64(pow(b, width, p)) + piece[width:]) % np.uint64(p)
         width *= 2
-    if width < k:
-        # two overlapping width-grams cover exactly the k-gram, since k < 2 * width
-        rank = _pair_ranks(rank, k - width)
-    return rank[: n - k + 1]
-
-
-def _pair_ranks(rank: np.ndarray, shift: int) -> np.ndarray:
-    """Dense ranks (from 1) of the pairs (rank[i], rank[i + shift]); 0 stands for 'past the end', so a
-    window that runs off the end of the corpus never equals one that fits."""
-    second = np.zeros_like(rank)
-    second[:-shift] = rank[shift:]
-    key = (rank.astype(np.uint64) << np.uint64(32)) | second.astype(np.uint64)
-    _, inverse = np.unique(key, return_inverse=True)
-    return inverse.astype(np.int64) + 1

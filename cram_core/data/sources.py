@@ -150,7 +150,7 @@ def _mix(sources: list[Source], text_field: str, limit: int | None, seed: int) -
             raise DataError(f"data.source: {src.spec} has no documents")
     sizes = np.array([len(p) for p in pools])
     # the largest mix with these proportions that repeats no document
-    total = int(np.floor(np.min(sizes / weights)))
+    total = int(np.floor(np.min(sizes / weights) + 1e-9))  # 1e-9: 300 / 0.3 must not floor to 999
     total = total if limit is None else min(total, limit)
     take = np.minimum(np.round(weights * total).astype(np.int64), sizes)
     rng = np.random.default_rng(seed)
@@ -214,8 +214,8 @@ def _read_parquet(src: Source, text_field: str) -> Iterator[str]:
     for path in src.files:
         try:
             pf = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises several unrelated types for a bad file
-            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__})") from None
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError derive from these
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
         if text_field not in pf.schema_arrow.names:
             raise DataError(f"{path}: no column {text_field!r} (data.text_field); found: {', '.join(pf.schema_arrow.names)}")
         for batch in pf.iter_batches(columns=[text_field]):
@@ -248,7 +248,7 @@ def _load_hf(arg: str):
     name, _, config = arg.partition(":")
     try:
         return datasets.load_dataset(name, config or None, split="train")
-    except Exception as e:  # hub, network and builder errors have no common base; keep the reason
+    except Exception as e:  # hub, network and builder errors share no base; keep the reason
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"hf:{arg}: cannot load ({reason})") from e
 

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from cram_core.config import ConfigError, DataConfig
-from cram_core.data import SPECIAL_TOKENS, DataError, SpecialIds, prepare
-from cram_core.data import pipeline
-from cram_core.data.filters import apply_filters, kgram_ranks, repeated_span_mask
+from cram_core.data import SPECIAL_TOKENS, DataError, SpecialIds, pipeline, prepare
+from cram_core.data.filters import apply_filters, repeated_span_mask, window_fingerprints
 from cram_core.data.ordering import ORDERINGS, count_sentences, fragment_counts, order_documents
 from cram_core.data.packing import token_dtype
 from cram_core.data.sources import parse_sources, read_documents
@@ -64,8 +63,8 @@ def write_jsonl(path, docs, field="text", opener=open):
 
 
 def config(tmp_path, source, **kw) -> DataConfig:
-    base = dict(source=source, vocab_size=300, seq_len=32, compressibility=None, ordering="none",
-                cache_dir=str(tmp_path / "cache"))
+    base = {"source": source, "vocab_size": 300, "seq_len": 32, "compressibility": None, "ordering": "none",
+            "cache_dir": str(tmp_path / "cache")}
     return DataConfig(**(base | kw))
 
 
@@ -99,7 +98,7 @@ def test_packing_is_documents_joined_by_sep_without_padding(tmp_path, corpus):
 
 
 def test_cls_before_each_document_and_sep_flag(tmp_path, corpus):
-    docs, path = corpus
+    _, path = corpus
     with_cls = np.asarray(prepare(config(tmp_path, f"jsonl:{path}", add_cls=True, seq_len=8), progress=False).tokens)
     stream = with_cls.ravel()
     assert stream[0] == SpecialIds.CLS
@@ -220,14 +219,24 @@ def test_repeated_span_mask_matches_brute_force(k):
     np.testing.assert_array_equal(repeated_span_mask(ragged, k), brute_force_repeats(flat, lengths, k))
 
 
-def test_kgram_ranks_equal_iff_windows_equal():
+def test_window_fingerprints_equal_iff_windows_equal():
     flat = np.random.default_rng(0).integers(0, 3, size=300)
-    for k in (1, 4, 7):
-        ranks = kgram_ranks(flat, k)
-        windows = [tuple(flat[i : i + k]) for i in range(len(flat) - k + 1)]
+    for k in (1, 4, 7, 50):
+        keys = window_fingerprints(flat, k)
+        assert len(keys) == len(flat) - k + 1
+        windows = [tuple(flat[i : i + k]) for i in range(len(keys))]
         for i in range(0, len(windows), 7):
             for j in range(len(windows)):
-                assert (ranks[i] == ranks[j]) == (windows[i] == windows[j])
+                assert (keys[i] == keys[j]) == (windows[i] == windows[j])
+
+
+def test_fingerprint_collisions_cannot_cut_text(monkeypatch):
+    from cram_core.data import filters
+
+    flat = np.arange(100, dtype=np.int32)  # no repeats at all
+    ragged = Ragged(flat, np.array([0, 50, 100]))
+    monkeypatch.setattr(filters, "window_fingerprints", lambda t, k: np.zeros(len(t) - k + 1, np.uint64))
+    assert not repeated_span_mask(ragged, 5).any()
 
 
 # ------------------------------------------------------------------------------------------ orderings
@@ -436,19 +445,19 @@ def bad_inputs(tmp_path):
     (tmp_path / "trunc.jsonl.xz").write_bytes(lzma.compress(b'{"text": "abc"}\n' * 100)[:40])
     ok = tmp_path / "ok.jsonl"
     return [
-        (dict(source="csv:data/*.csv"), "unknown source kind 'csv'"),
-        (dict(source=f"jsonl:{tmp_path}/nothing-*.jsonl"), "matches no file"),
-        (dict(source=f"jsonl:{tmp_path}/latin1.jsonl"), "latin1.jsonl:1: not valid UTF-8"),
-        (dict(source=f"text:{tmp_path}/latin1.txt"), "latin1.txt: not valid UTF-8"),
-        (dict(source=f"jsonl:{tmp_path}/nofield.jsonl"), "nofield.jsonl:1: no field 'text'"),
-        (dict(source=f"jsonl:{tmp_path}/broken.jsonl"), "broken.jsonl:2: not valid JSON"),
-        (dict(source=f"jsonl:{tmp_path}/number.jsonl"), "number.jsonl:1: field 'text' is int"),
-        (dict(source=f"jsonl:{tmp_path}/trunc.jsonl.xz"), "trunc.jsonl.xz: cannot read"),
-        (dict(source=f"jsonl:{ok}@0.5,jsonl:{ok}"), "weight"),
-        (dict(source=f"jsonl:{ok}@-1"), "weight must be a positive number"),
-        (dict(source=f"jsonl:{ok},"), "empty part"),
-        (dict(source=f"jsonl:{ok}", compressibility=0.01), "no documents left after filtering"),
-        (dict(source=f"jsonl:{ok}", max_documents=1, seq_len=4096), "corpus too small"),
+        ({"source": "csv:data/*.csv"}, "unknown source kind 'csv'"),
+        ({"source": f"jsonl:{tmp_path}/nothing-*.jsonl"}, "matches no file"),
+        ({"source": f"jsonl:{tmp_path}/latin1.jsonl"}, "latin1.jsonl:1: not valid UTF-8"),
+        ({"source": f"text:{tmp_path}/latin1.txt"}, "latin1.txt: not valid UTF-8"),
+        ({"source": f"jsonl:{tmp_path}/nofield.jsonl"}, "nofield.jsonl:1: no field 'text'"),
+        ({"source": f"jsonl:{tmp_path}/broken.jsonl"}, "broken.jsonl:2: not valid JSON"),
+        ({"source": f"jsonl:{tmp_path}/number.jsonl"}, "number.jsonl:1: field 'text' is int"),
+        ({"source": f"jsonl:{tmp_path}/trunc.jsonl.xz"}, "trunc.jsonl.xz: cannot read"),
+        ({"source": f"jsonl:{ok}@0.5,jsonl:{ok}"}, "weight"),
+        ({"source": f"jsonl:{ok}@-1"}, "weight must be a positive number"),
+        ({"source": f"jsonl:{ok},"}, "empty part"),
+        ({"source": f"jsonl:{ok}", "compressibility": 0.01}, "no documents left after filtering"),
+        ({"source": f"jsonl:{ok}", "max_documents": 1, "seq_len": 4096}, "corpus too small"),
     ]
 
 
@@ -466,8 +475,8 @@ def test_bad_inputs_fail_cleanly_and_leave_no_cache(tmp_path):
 
 def cli(*args):
     repo = str(Path(__file__).resolve().parents[2])
-    return subprocess.run([sys.executable, "-m", "cram_core.data", *args], capture_output=True, text=True,
-                          env=os.environ | {"PYTHONPATH": repo})
+    return subprocess.run([sys.executable, "-m", "cram_core.data", *args], check=False, capture_output=True,
+                          text=True, env=os.environ | {"PYTHONPATH": repo})
 
 
 def test_cli_prepare_prints_statistics_then_hits_the_cache(tmp_path, corpus):

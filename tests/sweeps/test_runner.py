@@ -136,7 +136,10 @@ def test_search_sweep_runs_tpe_from_the_baseline(ray_local, tmp_path: Path) -> N
     result, _ = _run(SWEEPS["peak_lr"], url, resolve={"num_trials": 3})
     rows = _trials(url, "peak_lr")
     assert len(rows) == 3 and all(r.status == "completed" for r in rows)
-    assert sum(r.is_baseline for r in rows) == 1 and rows[0].variant == "baseline"
+    baseline = [r for r in rows if r.is_baseline]
+    assert len(baseline) == 1 and baseline[0].variant == "baseline"
+    assert baseline[0].config["optim"]["lr"] == resolve(SWEEPS["peak_lr"], preset="tiny").base.optim.lr
+    assert all(r.variant.startswith("lr ") for r in rows if not r.is_baseline)  # readable labels
     study = _study(url, "peak_lr")
     assert len(study.trials) == 3
     for r in rows:
@@ -158,3 +161,70 @@ def test_search_sweep_runs_tpe_from_the_baseline(ray_local, tmp_path: Path) -> N
 def test_placement(trials, cpus, gpus, gpt, cap, expected) -> None:
     p = place(trials, cpus=cpus, gpus=gpus, gpus_per_trial=gpt, max_concurrent=cap)
     assert (p.concurrency, p.cpus_per_trial, p.gpus_per_trial, p.threads) == expected
+
+
+def test_resume_finishes_optuna_twins_the_store_already_finished(tmp_path: Path) -> None:
+    """A kill between the store write and the Optuna write: the store says completed, Optuna RUNNING.
+    The resume must finish the twin from the store (not FAIL it, not rerun the trial)."""
+    from sweeps.mirror import OptunaMirror, trial_attrs
+    from sweeps.runner import _finished_twins
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    resolved = resolve(FAILING, preset="tiny", budget="1s")
+    ledger = Ledger(url)
+    sweep_id = ledger.upsert_sweep(resolved, {})
+    todo, _ = ledger.plan(sweep_id, resolved.trials(), retry_failed=False)
+    names = [v.name for v in resolved.runnable_variants()]
+    mirror = OptunaMirror(url, "failing", variants=names, attrs={})
+    done_row, cut_row = todo[0][0], todo[1][0]
+    for row_id, planned in (todo[0], todo[1]):
+        _, number = mirror.start(planned.variant, trial_attrs(variant=planned.variant, seed=0, config_hash="x"))
+        ledger.start(row_id, optuna_number=number, git=(None, None), budget=("seconds", 1.0))
+    ledger.finish(done_row, {"status": "completed", "eval_loss": 4.5, "final_loss": 4.4, "seconds": 1.0})
+    # driver killed here: `done` is final in the store, `cut` was mid-training
+    placement = place(4, cpus=2, gpus=0, gpus_per_trial=None, max_concurrent=None)
+    settled, failed = mirror.recover(_finished_twins(ledger, sweep_id, placement))
+    assert (settled, failed) == (1, 1)
+    assert ledger.recover_interrupted(sweep_id, search=False) == 1
+    trials = _study(url, "failing").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert trials[0].value == 4.5 and trials[0].user_attrs["status"] == "completed"
+    todo, skipped = ledger.plan(sweep_id, resolved.trials(), retry_failed=False)
+    assert skipped == 1 and cut_row in {r for r, _ in todo} and done_row not in {r for r, _ in todo}
+    ledger.close()
+
+
+def test_real_trainer_end_to_end(ray_local, tmp_path: Path) -> None:
+    """The wiring with cram_core's trainer: data prepared by the driver, real metric records and summary."""
+    pytest.importorskip("cram_core.train")
+    pytest.importorskip("cram_core.data")
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    sweep = Sweep(name="real", section="training", axis="x", seeds=1, variants={"cosine": {"train.schedule": "cosine"}})
+    # a small corpus slice keeps the tokenizer training short; 3 optimizer steps of 32 x 64 tokens
+    overrides = ["data.max_documents=40", "data.compressibility=none", "train.log_every=1"]
+    resolved = resolve(sweep, preset="tiny", budget="6ktok", overrides=overrides)
+    console = Console(file=io.StringIO(), width=200)
+    result = run_sweep(resolved, RunOptions(store_url=url), console=console)
+    assert result.counts["completed"] == 2, console.file.getvalue()
+    rows = _trials(url, "real")
+    for r in rows:
+        assert r.eval_loss is not None and r.tokens >= 6000 and r.steps >= 3 and r.params > 0
+        assert r.hardware.startswith("CPU") and r.versions["torch"] and r.compile_s is not None
+        assert r.summary["config"]["impl"]["threads"] == 1  # packed: 2 trials on 2 cores
+    study = _study(url, "real")
+    assert all(len(t.intermediate_values) >= 3 for t in study.trials)
+
+
+def test_a_second_driver_on_a_live_sweep_is_refused(tmp_path: Path) -> None:
+    from sweeps.ledger import SweepBusy
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    resolved = resolve(FAILING, preset="tiny", budget="1s")
+    ledger = Ledger(url)
+    sweep_id = ledger.upsert_sweep(resolved, {})
+    ledger.heartbeat(sweep_id)  # this test process plays the live driver
+    with pytest.raises(SweepBusy, match="being run right now"):
+        run_sweep(resolved, RunOptions(store_url=url, backend="sweeps.testing"), console=Console(file=io.StringIO()))
+    ledger.heartbeat(sweep_id, clear=True)
+    ledger.check_not_running("failing")  # gone: no obstacle
+    ledger.close()
