@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from cram_core.config import ConfigError, RunConfig
 from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
-from sweeps.trial import objective, one_line
 from sweeps.store import (
     SUMMARY_FIELDS,
     MetricRow,
@@ -35,6 +34,7 @@ from sweeps.store import (
     sqlite_path,
     to_json,
 )
+from sweeps.trial import objective, one_line
 
 FINAL_STATUSES = ("completed", "diverged")
 "never rerun: a diverged trial is a result (that config is unstable), not an accident"

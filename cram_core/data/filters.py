@@ -2,7 +2,8 @@
 
 Order: exact-duplicate removal (``dedup=exact`` or ``substring``), the compressibility filter, then
 exact-substring deduplication (``dedup=substring``). The last two count tokens with a *filter
-tokenizer*: same settings as the final one, trained on the unfiltered documents, as the paper does.
+tokenizer*: same settings as the final one, trained on the documents as read (after exact dedup, if
+on) before any other filter, as the paper does.
 Only for corpora beyond ``FILTER_TOKENIZER_CHARS`` characters is that tokenizer trained on a seeded
 random subset of that size (a cheaper equivalent); the offline corpus (115 M characters) is below the
 cap and so is filtered exactly as in the paper. The cap is generous on purpose: measured on the offline

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 # Bump when the same config would now produce different prepared data.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared cache unreadable to other users
         build(cfg, sources, tmp, progress=progress)
         try:
             os.rename(tmp, final)
