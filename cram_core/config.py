@@ -286,7 +286,7 @@ class DataConfig:
     tokenizer: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
     "tokenizer model trained on the corpus"
     vocab_size: int = 32768
-    "tokenizer vocabulary size (special tokens included)"
+    "tokenizer vocabulary size, special tokens included (a tiny corpus may yield fewer)"
     lowercase: bool = True
     "lowercase text before tokenizing"
     strip_accents: bool = True
@@ -294,7 +294,7 @@ class DataConfig:
     nfkc: bool = False
     "apply NFKC unicode normalisation"
     compressibility: float | None = 0.25
-    "keep a document iff tokens < t * characters; none = off"
+    "keep a document iff tokens < t * characters (tokens of a 32768-entry reference tokenizer); none = off"
     dedup: Literal["none", "exact", "substring"] = "none"
     "remove exact duplicate documents, or also repeated substrings of dedup_min_tokens tokens"
     dedup_min_tokens: int = 50
@@ -302,7 +302,7 @@ class DataConfig:
     ordering: Literal[
         "random", "unigram-likely-first", "unigram-likely-last", "sentence-count", "fragment-count", "none"
     ] = "sentence-count"
-    "document order in the packed stream; any ordering but random is kept as is by the loader"
+    "document order before packing (random = seeded shuffle); the loader never reorders"
     max_sequences: int | None = None
     "keep only the first N packed sequences after ordering; none = all"
     seq_len: int = 128
