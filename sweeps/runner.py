@@ -413,7 +413,8 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
 
     from ray import tune
 
-    static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads}
+    # cwd: trials resolve relative paths the user typed (data.source=jsonl:corpus/*.xz) as the driver did
+    static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads, "cwd": os.getcwd()}
     resources = {"cpu": placement.cpus_per_trial, "gpu": placement.gpus_per_trial}
     if resolved.sweep.is_search:
         # a diverged or crashed trial is told as NaN on purpose (Optuna records it FAIL); its warning is noise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import os
 import socket
 import time
 from typing import Any, Callable
@@ -52,6 +53,8 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
     from ray import tune
 
     cfg = _trial_config(config, static)
+    if os.path.isdir(static.get("cwd", "")):  # a remote node without that folder keeps its own
+        os.chdir(static["cwd"])
     buffer: list[dict[str, Any]] = []
     last_flush = [time.monotonic()]
 

@@ -4,6 +4,7 @@ reruns skip what is done, and every store trial has its Optuna twin. One Ray sta
 from __future__ import annotations
 
 import io
+import shutil
 import math
 from pathlib import Path
 
@@ -194,14 +195,23 @@ def test_resume_finishes_optuna_twins_the_store_already_finished(tmp_path: Path)
     ledger.close()
 
 
-def test_real_trainer_end_to_end(ray_local, tmp_path: Path) -> None:
-    """The wiring with cram_core's trainer: data prepared by the driver, real metric records and summary."""
+def test_real_trainer_end_to_end(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """The wiring with cram_core's trainer: data prepared by the driver, real metric records and summary.
+
+    The corpus is given as a path relative to the working directory, as users type it: trials must
+    resolve it as the driver did (Ray would otherwise run them in per-trial directories).
+    """
     pytest.importorskip("cram_core.train")
-    pytest.importorskip("cram_core.data")
+    from cram_core.data.sources import SAMPLE_PATH
+
+    (tmp_path / "corpus").mkdir()
+    shutil.copy(SAMPLE_PATH, tmp_path / "corpus" / "part-00.jsonl.xz")
+    monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'results.db'}"
     sweep = Sweep(name="real", section="training", axis="x", seeds=1, variants={"cosine": {"train.schedule": "cosine"}})
     # a small corpus slice keeps the tokenizer training short; 3 optimizer steps of 32 x 64 tokens
-    overrides = ["data.max_documents=40", "data.compressibility=none", "train.log_every=1"]
+    overrides = ["data.source=jsonl:corpus/*.jsonl.xz", "data.max_documents=40", "data.compressibility=none",
+                 "train.log_every=1"]
     resolved = resolve(sweep, preset="tiny", budget="6ktok", overrides=overrides)
     console = Console(file=io.StringIO(), width=200)
     result = run_sweep(resolved, RunOptions(store_url=url), console=console)
