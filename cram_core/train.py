@@ -224,7 +224,8 @@ class Logger:
             mem = f" mem {rec['memory_gb']:.1f}G" if rec["memory_gb"] is not None else ""
             self.console.print(
                 f"step {step:>6} p {rec['progress']:.3f} loss {loss:.4f} lr {lr:.2e} bs {batch_size} "
-                f"len {seq_len} tok {tokens:.3g} tok/s {rec['tokens_per_second']:,.0f}{mfu}{mem}"
+                f"len {seq_len} tok {tokens:.3g} tok/s {rec['tokens_per_second']:,.0f}{mfu}{mem}",
+                soft_wrap=True,  # one record, one line, whatever the terminal width
             )
         return rec
 
