@@ -222,9 +222,11 @@ class Logger:
         if self.console:
             mfu = f" mfu {rec['mfu']:.1%}" if rec["mfu"] is not None else ""
             mem = f" mem {rec['memory_gb']:.1f}G" if rec["memory_gb"] is not None else ""
+            p = rec["progress"]
+            eta = f" eta {seconds * (1 - p) / p:.0f}s" if p > 0 else ""
             self.console.print(
-                f"step {step:>6} p {rec['progress']:.3f} loss {loss:.4f} lr {lr:.2e} bs {batch_size} "
-                f"len {seq_len} tok {tokens:.3g} tok/s {rec['tokens_per_second']:,.0f}{mfu}{mem}",
+                f"step {step:>6} p {p:.3f} loss {loss:.4f} lr {lr:.2e} bs {batch_size} "
+                f"len {seq_len} tok {tokens:.3g} tok/s {rec['tokens_per_second']:,.0f}{mfu}{mem}{eta}",
                 soft_wrap=True,  # one record, one line, whatever the terminal width
             )
         return rec
