@@ -117,3 +117,15 @@ def test_held_out_eval_is_identical_across_objectives(tmp_path):
     other = apply_overrides(cfg, ["objective.mask_rate=0.5", "objective.loss=focal"])
     b = evaluate(build_parts(other, prepared.vocab_size), prepared.tokens, eval_idx, None)
     assert math.isfinite(a) and a == pytest.approx(b, rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_compiled_bf16_run_on_cuda(tmp_path):
+    """The fast path: CUDA, bf16 autocast, torch.compile, fused AdamW, pinned prefetching loader."""
+    summary, out = run(tmp_path, "impl.device=cuda", "budget.tokens=400000", "train.log_every=10")
+    assert summary["status"] == "completed", summary["reason"]
+    assert summary["config"]["impl"]["device"] == "cuda" and summary["timings"]["compile_s"] > 0
+    metrics = read_metrics(out)
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
+    assert summary["memory_gb"] > 0 and "mfu" in summary
