@@ -252,7 +252,8 @@ def train(
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True) if resume is None else None
+        if resume is None:  # a resumed run appends to the curve it continues
+            (out / "metrics.jsonl").unlink(missing_ok=True)
     prepared = prepared if prepared is not None else prepare(cfg.data, progress=progress)
     prepare_s = time.perf_counter() - t_start
 

@@ -25,6 +25,16 @@ def _console() -> Console:
     return Console(soft_wrap=True) if sys.stdout.isatty() else Console(soft_wrap=True, width=160)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -44,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--trials", type=int, help="number of TPE samples (search sweeps)")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.FIELD=VALUE",
                        help="override the baseline of every variant (repeatable)")
+        # downstream flags default to None so that one given without --downstream can be told apart (an error)
+        q.add_argument("--downstream", metavar="TASKS",
+                       help="fine-tune every completed trial on these eval tasks (comma list, e.g. rt-polarity,sva), "
+                            "after training and outside the budget; the table gets a column per task")
+        q.add_argument("--downstream-seeds", type=_positive, metavar="N",
+                       help="fine-tuning seeds per task (default 1; the protocol reports the median of 5)")
+        q.add_argument("--downstream-epochs", type=_positive, metavar="E", help="fine-tuning epochs (default 5)")
+        q.add_argument("--downstream-max-train", type=_positive, metavar="N",
+                       help="cap train examples per task (seeded subset; default: all)")
+        q.add_argument("--downstream-max-dev", type=_positive, metavar="N",
+                       help="cap dev examples per task (seeded subset; default: all)")
+        q.add_argument("--downstream-data", metavar="DIR",
+                       help="folder of <task>/task.json (default $CRAM_EVAL_DATA, else ../shared/data/eval)")
 
     show = sub.add_parser("show", help="baseline preset, variants with overrides, budget, seeds")
     add_resolution_flags(show)
@@ -56,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default 1 with GPUs, else 0)")
     run.add_argument("--max-concurrent", type=int, help="at most this many trials at a time")
     run.add_argument("--retry-failed", action="store_true", help="rerun trials recorded as failed (crashed)")
+    run.add_argument("--keep-models", metavar="DIR",
+                     help="keep each trial's trained model in DIR/<sweep>/<variant>-seed<k>/ (default: not kept)")
     run.add_argument("--dry-run", action="store_true", help="resolve every variant, print the plan, touch nothing")
     run.add_argument("--backend", default="cram_core", help=argparse.SUPPRESS)  # tests: sweeps.testing
     run.set_defaults(func=cmd_run)
@@ -106,13 +131,32 @@ def _resolve(args: argparse.Namespace) -> ResolvedSweep:
                    num_trials=args.trials, overrides=args.overrides)
 
 
+DOWNSTREAM_FLAGS = ("downstream_seeds", "downstream_epochs", "downstream_max_train", "downstream_max_dev",
+                    "downstream_data")
+
+
+def _downstream(args: argparse.Namespace) -> Any:
+    """The validated DownstreamSpec, or None; a bad task name is a ConfigError listing the tasks found."""
+    if not args.downstream:
+        given = [f"--{f.replace('_', '-')}" for f in DOWNSTREAM_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} given without --downstream TASKS")
+        return None
+    from sweeps.runner import downstream_spec
+
+    return downstream_spec(args.downstream, seeds=args.downstream_seeds or 1, epochs=args.downstream_epochs or 5,
+                           max_train=args.downstream_max_train, max_dev=args.downstream_max_dev,
+                           data_root=args.downstream_data)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     resolved = _resolve(args)
-    _print_plan(resolved, _console(), placement=None, store=None)
+    _print_plan(resolved, _console(), placement=None, store=None, downstream=_downstream(args))
     return 0
 
 
-def _print_plan(resolved: ResolvedSweep, console: Console, *, placement: Any, store: str | None) -> None:
+def _print_plan(resolved: ResolvedSweep, console: Console, *, placement: Any, store: str | None,
+                downstream: Any = None) -> None:
     from sweeps.runner import estimate_wall_s, local_resources, place
 
     s = resolved.sweep
@@ -132,6 +176,11 @@ def _print_plan(resolved: ResolvedSweep, console: Console, *, placement: Any, st
     est = estimate_wall_s(resolved, placement)
     console.print(f"  trials           {resolved.num_trials}; here: {placement.describe()}"
                   + (f"; about {est / 60:.0f} min" if est else ""))
+    if downstream is not None:
+        from sweeps.trial import describe_downstream
+
+        console.print(f"  downstream       {describe_downstream(downstream.to_dict())}; after each completed "
+                      f"trial, outside the budget{' and the estimate' if est else ''}")
     if store:
         console.print(f"  store            {store}")
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
@@ -157,6 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sweeps.runner import RunOptions, load_backend, local_resources, place, run_sweep
 
     resolved = _resolve(args)
+    downstream = _downstream(args)  # like every other mistake: before the store is opened
     url = store_url(args.store)
     console = _console()
     if args.address is None:
@@ -169,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if placement is None:
             placement = place(resolved.num_trials, cpus=1, gpus=0, gpus_per_trial=0, max_concurrent=1)
             console.print("  (placement is decided by the Ray cluster at run time)")
-        _print_plan(resolved, console, placement=placement, store=url)
+        _print_plan(resolved, console, placement=placement, store=url, downstream=downstream)
         console.print("dry run: nothing was written, Ray was not started")
         return 0
     try:
@@ -177,7 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ConfigError(f"trainer backend {args.backend!r} cannot be imported: {e}") from None
     opts = RunOptions(store_url=url, address=args.address, gpus_per_trial=args.gpus_per_trial,
-                      max_concurrent=args.max_concurrent, backend=args.backend, retry_failed=args.retry_failed)
+                      max_concurrent=args.max_concurrent, backend=args.backend, retry_failed=args.retry_failed,
+                      downstream=downstream, keep_models=args.keep_models)
     result = run_sweep(resolved, opts, console=console)
     counts = result.counts
     console.print(
@@ -242,6 +293,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
                 + f" | best {best} | ETA {eta}"
             )
+            if p.definition.get("downstream"):
+                from sweeps.trial import describe_downstream
+
+                console.print(f"  downstream {describe_downstream(p.definition['downstream'])}")
             if args.name:
                 _print_trials(ledger, name, console)
         if not names:
@@ -256,21 +311,30 @@ def _print_trials(ledger: Any, name: str, console: Console) -> None:
 
     from sweeps.ledger import objective
     from sweeps.store import SweepRow, TrialRow
+    from sweeps.trial import downstream_scores
 
-    def op(s: Any) -> list[Any]:
+    def op(s: Any) -> tuple[list[Any], bool]:
         sweep = s.scalars(select(SweepRow).where(SweepRow.name == name)).one()
         order = {v: i for i, v in enumerate(sweep.definition.get("variants", {}))}  # the sweep's own order
         rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id).order_by(TrialRow.id))
-        return sorted(rows, key=lambda r: (order.get(r.variant, len(order)), r.seed))
+        return sorted(rows, key=lambda r: (order.get(r.variant, len(order)), r.seed)), \
+            bool(sweep.definition.get("downstream"))
 
+    rows, with_downstream = ledger._read(op)
     table = Table(box=None, padding=(0, 2), header_style="bold")
-    for col in ("variant", "seed", "status", "loss", "tokens", "tok/s", "reason"):
+    columns = ["variant", "seed", "status", "loss", "tokens", "tok/s"]
+    columns += ["downstream"] if with_downstream else []
+    for col in columns + ["reason"]:
         table.add_column(col)
-    for r in ledger._read(op):
+    for r in rows:
         value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
-        table.add_row(r.variant, str(r.seed), r.status, f"{value:.4f}" if value is not None else "-",
-                      f"{r.tokens:.3g}" if r.tokens else "-",
-                      f"{r.tokens_per_second:.0f}" if r.tokens_per_second else "-", r.reason or "")
+        cells = [r.variant, str(r.seed), r.status, f"{value:.4f}" if value is not None else "-",
+                 f"{r.tokens:.3g}" if r.tokens else "-", f"{r.tokens_per_second:.0f}" if r.tokens_per_second else "-"]
+        if with_downstream:
+            # the mean over tasks of the median over fine-tuning seeds, as the dashboard's downstream_avg
+            scores = downstream_scores((r.summary or {}).get("evals") or [])
+            cells.append(f"{sum(scores.values()) / len(scores):.3f}" if scores else "-")
+        table.add_row(*cells, r.reason or "")
     console.print(table)
 
 

@@ -23,6 +23,7 @@ from cram_core.config import ConfigError, RunConfig
 from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
 from sweeps.store import (
     SUMMARY_FIELDS,
+    EvalRow,
     MetricRow,
     SweepRow,
     TrialRow,
@@ -34,7 +35,7 @@ from sweeps.store import (
     sqlite_path,
     to_json,
 )
-from sweeps.trial import objective, one_line
+from sweeps.trial import DownstreamSpec, describe_downstream, objective, one_line
 
 FINAL_STATUSES = ("completed", "diverged")
 "never rerun: a diverged trial is a result (that config is unstable), not an accident"
@@ -73,7 +74,14 @@ class Progress:
 
 
 class SweepMismatch(ConfigError):
-    """The store already holds this sweep with another baseline (preset, budget or --set)."""
+    """The store already holds this sweep with another baseline (preset, budget or --set) or other
+    downstream settings."""
+
+
+def _clear_results(s: Session, trial_id: int) -> None:
+    """Delete what a run of this trial streamed or scored, before it is run again."""
+    s.execute(delete(MetricRow).where(MetricRow.trial_id == trial_id))
+    s.execute(delete(EvalRow).where(EvalRow.trial_id == trial_id))
 
 
 class SweepBusy(ConfigError):
@@ -132,12 +140,21 @@ class Ledger:
     def sweep(self, name: str) -> SweepRow | None:
         return self._read(lambda s: s.scalars(select(SweepRow).where(SweepRow.name == name)).first())
 
-    def check_compatible(self, resolved: ResolvedSweep) -> None:
-        """Refuse to mix trials of different baselines under one sweep name (their table would be meaningless)."""
+    def check_compatible(self, resolved: ResolvedSweep, downstream: DownstreamSpec | None = None) -> None:
+        """Refuse to mix trials of different baselines under one sweep name (their table would be meaningless),
+        or of different downstream settings (finished trials are not rerun, so their scores, or their lack of
+        any, would sit in one column with scores measured another way)."""
         row = self.sweep(resolved.name)
         if row is None:
             return
         old, new = row.definition, resolved.definition()
+        old_ds = old.get("downstream")  # absent in sweeps stored before downstream existed: none
+        old_id = DownstreamSpec.from_dict(old_ds).identity() if old_ds else None
+        new_id = downstream.identity() if downstream else None
+        if old_id != new_id:
+            raise SweepMismatch(
+                f"sweep {resolved.name!r} in this store was run with downstream {describe_downstream(old_id)}; "
+                f"this run asks for {describe_downstream(new_id)}: use another --store, or the same options")
         if old.get("base_config_hash") != new["base_config_hash"]:
             raise SweepMismatch(
                 f"sweep {resolved.name!r} in this store was run with preset {old.get('preset')}, budget "
@@ -199,7 +216,7 @@ class Ledger:
             rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id,
                                                           TrialRow.status == "running")))
             for row in rows:
-                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                _clear_results(s, row.id)
                 reset_trial_results(row)
                 row.status = "cancelled" if search else "planned"
                 row.reason = "interrupted; not rerun (the search samples afresh)" if search else None
@@ -232,7 +249,7 @@ class Ledger:
                     done += 1
                     continue
                 else:
-                    s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                    _clear_results(s, row.id)
                     reset_trial_results(row)
                     row.status, row.variant, row.is_baseline = "planned", t.variant, t.variant == BASELINE
                 s.flush()
@@ -257,7 +274,7 @@ class Ledger:
         def op(s: Session) -> int:
             rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.status == "running")))
             for row in rows:
-                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                _clear_results(s, row.id)
                 row.status, row.reason = "cancelled", reason
             return len(rows)
 
@@ -297,7 +314,7 @@ class Ledger:
                                config=cfg.to_dict(), config_hash=h, status="planned")
                 s.add(row)
             else:
-                s.execute(delete(MetricRow).where(MetricRow.trial_id == row.id))
+                _clear_results(s, row.id)
                 reset_trial_results(row)
             s.flush()
             return row.id
@@ -337,6 +354,14 @@ class Ledger:
                 row.budget_kind, row.budget_amount = summary["budget"]["kind"], summary["budget"]["amount"]
             row.summary = to_json(summary)
             row.finished_at = _now()
+            # one row per (task, metric, fine-tuning seed); a non-finite score (a collapsed regression head)
+            # stays in the summary only, since the column cannot hold it and the table skips it anyway
+            s.execute(delete(EvalRow).where(EvalRow.trial_id == row_id))
+            for r in summary.get("evals") or ():
+                value = r.get("value")
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    s.add(EvalRow(trial_id=row_id, task=str(r["task"]), metric=str(r["metric"]),
+                                  value=float(value), seed=int(r.get("seed", 0))))
 
         self._write(op)
 

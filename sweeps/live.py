@@ -46,7 +46,8 @@ class LiveProgress:
         self.running[key] = (label, time.monotonic())
 
     def trial_finished(self, key: str, *, status: str, value: float | None, reason: str | None,
-                       variant: str, seed: int) -> None:
+                       variant: str, seed: int, note: str | None = None) -> None:
+        """`note`: appended to a completed trial's line (its downstream scores, or why it has none)."""
         label, t0 = self.running.pop(key, (f"{variant} (seed {seed})", time.monotonic()))
         wall = time.monotonic() - t0
         self.done += 1
@@ -57,6 +58,8 @@ class LiveProgress:
         if value is not None and (self.best is None or value < self.best[2]):
             self.best = (variant, seed, value)
         result = f"loss {value:.4f}" if value is not None else status + (f": {reason}" if reason else "")
+        if note and value is not None:
+            result += f" | {note}"
         style = {"completed": "green", "diverged": "yellow"}.get(status, "red")
         line = Text.assemble((f"[{self.done}/{self.total}] ", "dim"), (label, "bold"), "  ", (result, style),
                              (f"  ({format_seconds(wall)})", "dim"))

@@ -19,6 +19,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeps.store import retry_on_locked
+from sweeps.trial import downstream_scores
 
 INTERRUPTED = "interrupted (the sweep driver stopped while this trial ran); rerun on resume"
 
@@ -126,4 +127,14 @@ def trial_attrs(*, variant: str, seed: int, config_hash: str, status: str = "run
             attrs[key] = value
         seconds = attrs["seconds"]
         attrs["gpu_seconds"] = seconds * gpus if gpus and isinstance(seconds, (int, float)) else None
+        # downstream is the headline number (and the only fair one across data / tokenizer variants), so the
+        # dashboard shows it beside the loss: per task the median over fine-tuning seeds, then their mean
+        evals = summary.get("evals") or []
+        scores = downstream_scores(evals)
+        for task, value in scores.items():
+            attrs[f"downstream:{task}"] = value
+        if scores:
+            # as in the table: no average when a task has no finite score, it would not be comparable
+            complete = len(scores) == len({r["task"] for r in evals})
+            attrs["downstream_avg"] = sum(scores.values()) / len(scores) if complete else None
     return attrs

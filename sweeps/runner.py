@@ -37,7 +37,8 @@ from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_ove
 from sweeps.ledger import Ledger
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, trial_attrs
-from sweeps.trial import load_backend, objective, one_line, trial_main
+from sweeps.trial import DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective, one_line, \
+    trial_main
 
 RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
 # Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.
@@ -54,6 +55,38 @@ class RunOptions:
     max_concurrent: int | None = None
     backend: str = "cram_core"
     retry_failed: bool = False
+    downstream: DownstreamSpec | None = None
+    "fine-tune every completed trial on these tasks; part of the sweep's stored definition"
+    keep_models: str | None = None
+    "keep each trial's model under KEEP/<sweep>/<variant>-seed<k>/ (else a temp folder, removed)"
+
+
+def downstream_spec(tasks: str | list[str], *, seeds: int = 1, epochs: int = 5, max_train: int | None = None,
+                    max_dev: int | None = None, data_root: str | None = None) -> DownstreamSpec:
+    """Validate downstream settings before anything is written: every task must exist in the eval data root
+    and load (a malformed task file found after hours of pretraining would cost every trial its scores)."""
+    from cram_core.downstream import DownstreamError, list_tasks, load_task, resolve_data_root
+
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [t.strip() for t in tasks]
+    names = list(dict.fromkeys(t for t in names if t))
+    if not names:
+        raise ConfigError("--downstream needs at least one task name, e.g. --downstream rt-polarity,sva")
+    for flag, value in (("--downstream-seeds", seeds), ("--downstream-epochs", epochs),
+                        ("--downstream-max-train", max_train), ("--downstream-max-dev", max_dev)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    try:
+        root = resolve_data_root(data_root).resolve()
+        available = list_tasks(root)
+        unknown = [t for t in names if t not in available]
+        if unknown:
+            raise ConfigError(f"unknown downstream task(s) {', '.join(unknown)}; tasks in {root}: "
+                              f"{', '.join(available) or 'none'}")
+        for name in names:
+            load_task(root / name, max_train=max_train, max_dev=max_dev)
+    except DownstreamError as e:
+        raise ConfigError(str(e)) from None
+    return DownstreamSpec(tuple(names), seeds, epochs, max_train, max_dev, str(root))
 
 
 @dataclass(frozen=True)
@@ -184,7 +217,7 @@ class _Driver:
         if not self.search:  # OptunaSearch tells its own trials, from the same summary report
             self.mirror.finish(t["optuna"], value)
         self.progress.trial_finished(tune_id, status=status, value=value, reason=summary.get("reason"),
-                                     variant=t["variant"], seed=t["seed"])
+                                     variant=t["variant"], seed=t["seed"], note=_downstream_note(summary))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self.last_heartbeat >= HEARTBEAT_S:
@@ -201,6 +234,17 @@ class _Driver:
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [t for t in self.active.values() if not t["summarised"]]
+
+
+def _downstream_note(summary: dict[str, Any]) -> str | None:
+    """What the live line adds for a completed trial: its downstream scores, or why there are none."""
+    if "evals" not in summary:
+        return None
+    scores = downstream_scores(summary["evals"])
+    if not scores:
+        return summary.get("reason") or "no downstream scores"
+    text = ", ".join(f"{task} {value:.3f}" for task, value in scores.items())
+    return text + (f" (avg {sum(scores.values()) / len(scores):.3f})" if len(scores) > 1 else "")
 
 
 def _is_baseline(base: RunConfig, overrides: dict[str, Any]) -> bool:
@@ -292,7 +336,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     ledger = Ledger(opts.store_url)
     started_ray, stopped, sweep_id = False, 0, None
     try:
-        ledger.check_compatible(resolved)
+        ledger.check_compatible(resolved, opts.downstream)
         ledger.check_not_running(resolved.name)
         if opts.address:
             started_ray = start_ray(opts.address)
@@ -301,12 +345,15 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             cpus, gpus = local_resources()
         placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=opts.gpus_per_trial,
                           max_concurrent=opts.max_concurrent)
-        sweep_id = ledger.upsert_sweep(resolved, {"placement": dataclasses.asdict(placement), "backend": opts.backend})
+        sweep_id = ledger.upsert_sweep(resolved, {
+            "placement": dataclasses.asdict(placement), "backend": opts.backend,
+            "downstream": opts.downstream.to_dict() if opts.downstream else None})
         ledger.heartbeat(sweep_id)
         variant_names = None if sweep.is_search else [v.name for v in resolved.runnable_variants()]
         mirror = OptunaMirror(opts.store_url, resolved.name, variants=variant_names, attrs={
             "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
-            "kind": "search" if sweep.is_search else "grid"})
+            "kind": "search" if sweep.is_search else "grid",
+            "downstream": describe_downstream(opts.downstream.to_dict() if opts.downstream else None)})
         settled, orphans = mirror.recover(_finished_twins(ledger, sweep_id, placement))
         interrupted = ledger.recover_interrupted(sweep_id, search=sweep.is_search)
         if orphans or interrupted or settled:
@@ -328,6 +375,9 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             f"[bold]{resolved.name}[/]: {resolved.num_trials} trials ({skipped} already done, {todo_count} to run) "
             f"| preset {resolved.preset}, budget {resolved.budget_text} | {placement.describe()}"
         )
+        if opts.downstream:
+            console.print(f"downstream after each completed trial (outside the budget): "
+                          f"{describe_downstream(opts.downstream.to_dict())}")
         if todo_count:
             grid_rows = _prepare_data(prepare, data_configs, grid_rows, ledger, console)
             todo_count = len(grid_rows) if not sweep.is_search else todo_count
@@ -414,7 +464,10 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
     from ray import tune
 
     # cwd: trials resolve relative paths the user typed (data.source=jsonl:corpus/*.xz) as the driver did
-    static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads, "cwd": os.getcwd()}
+    static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads, "cwd": os.getcwd(),
+                              "downstream": opts.downstream.to_dict() if opts.downstream else None}
+    if opts.keep_models:
+        static["keep_models"] = os.path.join(os.path.abspath(opts.keep_models), resolved.name)
     resources = {"cpu": placement.cpus_per_trial, "gpu": placement.gpus_per_trial}
     if resolved.sweep.is_search:
         # a diverged or crashed trial is told as NaN on purpose (Optuna records it FAIL); its warning is noise
@@ -430,6 +483,7 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
         param_space = None
     else:
         static["configs"] = [planned.config.to_dict() for _, planned in grid_rows]
+        static["labels"] = [f"{planned.variant}-seed{planned.seed}" for _, planned in grid_rows]
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=placement.concurrency, reuse_actors=True)
         param_space = {"index": tune.grid_search(list(range(len(grid_rows))))}
     trainable = tune.with_resources(tune.with_parameters(trial_main, static=static), resources)

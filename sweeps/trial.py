@@ -7,8 +7,13 @@ import dataclasses
 import importlib
 import math
 import os
+import re
+import shutil
 import socket
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from cram_core.config import RunConfig, apply_overrides
@@ -31,6 +36,71 @@ def objective(summary: dict[str, Any]) -> float | None:
 def one_line(text: str, limit: int = 300) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- downstream
+
+
+@dataclass(frozen=True)
+class DownstreamSpec:
+    """Fine-tune every completed trial on these eval tasks (GLUE-sane protocol, cram_core.downstream).
+
+    Built and validated by the driver (`sweeps.runner.downstream_spec`); `data_root` is absolute so workers
+    on any cwd read the same tasks.
+    """
+
+    tasks: tuple[str, ...]
+    seeds: int = 1
+    epochs: int = 5
+    max_train: int | None = None
+    max_dev: int | None = None
+    data_root: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two sweeps' downstream scores comparable; compared on resume. The data root is left out:
+        the same tasks moved to another folder (another machine of a cluster) are the same evaluation."""
+        return {"tasks": list(self.tasks), "seeds": self.seeds, "epochs": self.epochs,
+                "max_train": self.max_train, "max_dev": self.max_dev}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.identity(), "data_root": self.data_root}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DownstreamSpec:
+        return cls(tasks=tuple(d["tasks"]), seeds=d["seeds"], epochs=d["epochs"], max_train=d.get("max_train"),
+                   max_dev=d.get("max_dev"), data_root=d.get("data_root", ""))
+
+
+def describe_downstream(d: dict[str, Any] | None) -> str:
+    """One line for show / status / the Optuna study, from a spec's dict (as stored in the sweep definition)."""
+    if not d:
+        return "off"
+    caps = ", ".join(f"{name} <= {d[key]}" for name, key in (("train", "max_train"), ("dev", "max_dev")) if d.get(key))
+    seeds = d["seeds"]
+    return (f"{','.join(d['tasks'])}: {seeds} fine-tuning seed{'s' if seeds != 1 else ''}"
+            + (" (protocol: 5)" if seeds < 5 else "") + f", {d['epochs']} epochs"
+            + (f", {caps}" if caps else ", all examples") + (f"; data {d['data_root']}" if d.get("data_root") else ""))
+
+
+def downstream_scores(evals: list[dict[str, Any]]) -> dict[str, float]:
+    """Per task: median over fine-tuning seeds (the paper's figure), mean over a task's metrics; as
+    analysis.tables computes them, so the dashboard and the table agree. Empty without records."""
+    import statistics
+
+    by_metric: dict[tuple[str, str], list[float]] = {}
+    for r in evals:
+        value = r.get("value")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            by_metric.setdefault((r["task"], r["metric"]), []).append(float(value))
+    per_task: dict[str, list[float]] = {}
+    for (task, _), values in by_metric.items():
+        per_task.setdefault(task, []).append(statistics.median(values))
+    return {task: sum(v) / len(v) for task, v in per_task.items()}
+
+
+def safe_name(text: str) -> str:
+    """A variant name as one path component (variant names are free text: 'lr=1e-3, warmup 0.1')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "trial"
 
 
 # ---------------------------------------------------------------- backends
@@ -73,18 +143,72 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
         if time.monotonic() - last_flush[0] >= REPORT_EVERY_S:
             flush()
 
-    try:
-        train, _ = load_backend(static["backend"])
-        summary = train(cfg, callback=callback, progress=False)
-    except Exception as e:  # the trial's failure is its result; the sweep must go on
-        summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
-                   "seed": cfg.train.seed, "host": socket.gethostname(),
-                   "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount}}
+    keep = None
+    if static.get("keep_models"):
+        # grid trials by variant; a search trial's label is free-form and may repeat, its Optuna number not
+        label = static["labels"][config["index"]] if "index" in config else \
+            f"trial{config['_optuna_number']}-seed{cfg.train.seed}"
+        keep = Path(static["keep_models"]) / safe_name(label)
+    downstream = DownstreamSpec.from_dict(static["downstream"]) if static.get("downstream") else None
+    summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep)
     flush()
     summary = {k: _plain(v) for k, v in summary.items()}
     value = objective(summary) if summary.get("status") == "completed" else None
     # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
     tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
+
+
+def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any]], None] | None,
+              downstream: DownstreamSpec | None = None, keep: Path | None = None) -> dict[str, Any]:
+    """Train, then (completed trials only) fine-tune downstream; the summary, never an exception.
+
+    Without downstream tasks or `keep` the trainer gets no out_dir, as before: nothing is written to disk.
+    With them the model goes to `keep` or to a temporary folder removed here whatever happens.
+    """
+    out_dir = keep
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    elif downstream is not None:
+        out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
+    try:
+        try:
+            train, _ = load_backend(backend)
+            summary = train(cfg, out_dir=out_dir, callback=callback, progress=False)
+        except Exception as e:  # the trial's failure is its result; the sweep must go on
+            summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
+                       "seed": cfg.train.seed, "host": socket.gethostname(),
+                       "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount}}
+        if downstream is not None and summary.get("status") == "completed":
+            assert out_dir is not None
+            summary = _evaluate_downstream(summary, out_dir, downstream, device=cfg.impl.device)
+    finally:
+        if out_dir is not None and keep is None:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    return summary
+
+
+def _evaluate_downstream(summary: dict[str, Any], run_dir: Path, spec: DownstreamSpec, *,
+                         device: str) -> dict[str, Any]:
+    """Fine-tune the trial's saved model on every task and seed; after training, so outside the budget.
+
+    A failure here (bad task file, out of memory while fine-tuning) must not cost the pretraining result,
+    which took the budget to get: the trial stays completed, the reason says what went wrong, no records.
+    """
+    summary = dict(summary)
+    t0 = time.perf_counter()
+    try:
+        from cram_core.downstream import evaluate_run
+
+        # torch threads are already what the trainer set from impl.threads: fine-tuning shares the slot
+        records = evaluate_run(run_dir, list(spec.tasks), data_root=spec.data_root or None, seeds=spec.seeds,
+                               epochs=spec.epochs, max_train=spec.max_train, max_dev=spec.max_dev, device=device)
+        summary["evals"] = [{k: _plain(v) for k, v in r.items()} for r in records]
+    except Exception as e:
+        summary["evals"] = []
+        note = f"downstream evaluation failed: {type(e).__name__}: {one_line(str(e))}"
+        summary["reason"] = f"{summary['reason']}; {note}" if summary.get("reason") else note
+    summary["timings"] = {**(summary.get("timings") or {}), "downstream_s": time.perf_counter() - t0}
+    return summary
 
 
 def _trial_config(config: dict[str, Any], static: dict[str, Any]) -> RunConfig:

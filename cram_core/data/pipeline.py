@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -72,7 +73,12 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     root = cache_root(cfg)
     final = root / cache_key(cfg, sources)
     if final.is_dir():
-        return _load(final, cache_hit=True)
+        try:
+            return _load(final, cache_hit=True)
+        except (OSError, ValueError, KeyError) as e:  # truncated/edited by hand: rebuild, never train on it
+            print(f"warning: data cache entry {final} is damaged ({type(e).__name__}: {e}); rebuilding it",
+                  file=sys.stderr)
+            _discard(final)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
@@ -90,11 +96,22 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     return _load(final, cache_hit=False)
 
 
+def _discard(path: Path) -> None:
+    """Move a damaged entry out of the way first, so a concurrent reader never sees it half-deleted."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _load(path: Path, *, cache_hit: bool) -> PreparedData:
     stats = json.loads((path / "stats.json").read_text())
+    tokens = np.load(path / "tokens.npy", mmap_mode="r")
+    expected = (int(stats["sequences"]), int(stats["seq_len"]))
+    if tokens.shape != expected or not (path / "tokenizer.json").is_file():
+        raise ValueError(f"tokens.npy has shape {tokens.shape}, stats.json says {expected}, or tokenizer.json is missing")
     return PreparedData(
         path=path,
-        tokens=np.load(path / "tokens.npy", mmap_mode="r"),
+        tokens=tokens,
         vocab_size=int(stats["vocab_size"]),
         tokenizer_path=path / "tokenizer.json",
         stats=stats,

@@ -413,6 +413,21 @@ def test_second_prepare_is_a_cache_hit(tmp_path, corpus, monkeypatch):
         first.path.name  # cache_dir is not part of the key
 
 
+def test_a_damaged_cache_entry_is_rebuilt_not_used(tmp_path, corpus, capsys):
+    _, path = corpus
+    cfg = config(tmp_path, f"jsonl:{path}")
+    first = prepare(cfg, progress=False)
+    expected = np.array(first.tokens)
+    tokens_file = first.path / "tokens.npy"
+    del first
+    with open(tokens_file, "r+b") as f:  # a half-copied cache
+        f.truncate(tokens_file.stat().st_size // 2)
+    again = prepare(cfg, progress=False)
+    assert not again.cache_hit and "damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.tokens, expected)
+    assert cache_entries(tmp_path) == [again.path.name]
+
+
 def test_cache_key_sees_config_and_file_changes(tmp_path, corpus):
     docs, path = corpus
     cfg = config(tmp_path, f"jsonl:{path}")
