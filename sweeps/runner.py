@@ -37,8 +37,8 @@ from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_ove
 from sweeps.ledger import Ledger
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, trial_attrs
-from sweeps.trial import DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective, one_line, \
-    trial_main
+from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
+                          one_line, trial_main)
 
 RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
 # Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.

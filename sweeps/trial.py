@@ -78,7 +78,7 @@ def describe_downstream(d: dict[str, Any] | None) -> str:
     caps = ", ".join(f"{name} <= {d[key]}" for name, key in (("train", "max_train"), ("dev", "max_dev")) if d.get(key))
     seeds = d["seeds"]
     return (f"{','.join(d['tasks'])}: {seeds} fine-tuning seed{'s' if seeds != 1 else ''}"
-            + (" (protocol: 5)" if seeds < 5 else "") + f", {d['epochs']} epochs"
+            + (" (protocol: 5)" if seeds < 5 else "") + f", {d['epochs']} epoch{'s' if d['epochs'] != 1 else ''}"
             + (f", {caps}" if caps else ", all examples") + (f"; data {d['data_root']}" if d.get("data_root") else ""))
 
 
@@ -150,7 +150,8 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
             f"trial{config['_optuna_number']}-seed{cfg.train.seed}"
         keep = Path(static["keep_models"]) / safe_name(label)
     downstream = DownstreamSpec.from_dict(static["downstream"]) if static.get("downstream") else None
-    summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep)
+    summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep,
+                        on_trained=flush)
     flush()
     summary = {k: _plain(v) for k, v in summary.items()}
     value = objective(summary) if summary.get("status") == "completed" else None
@@ -159,25 +160,31 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
 
 
 def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any]], None] | None,
-              downstream: DownstreamSpec | None = None, keep: Path | None = None) -> dict[str, Any]:
+              downstream: DownstreamSpec | None = None, keep: Path | None = None,
+              on_trained: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train, then (completed trials only) fine-tune downstream; the summary, never an exception.
 
     Without downstream tasks or `keep` the trainer gets no out_dir, as before: nothing is written to disk.
     With them the model goes to `keep` or to a temporary folder removed here whatever happens.
+    `on_trained` runs between the two (the worker flushes its last metric records, so the curve is
+    complete in the store while fine-tuning runs).
     """
-    out_dir = keep
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    elif downstream is not None:
-        out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
+    out_dir: Path | None = None
     try:
         try:
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                out_dir = keep
+            elif downstream is not None:
+                out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
             train, _ = load_backend(backend)
             summary = train(cfg, out_dir=out_dir, callback=callback, progress=False)
         except Exception as e:  # the trial's failure is its result; the sweep must go on
             summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
                        "seed": cfg.train.seed, "host": socket.gethostname(),
                        "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount}}
+        if on_trained is not None:
+            on_trained()
         if downstream is not None and summary.get("status") == "completed":
             assert out_dir is not None
             summary = _evaluate_downstream(summary, out_dir, downstream, device=cfg.impl.device)
