@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cram_core.cli import EXIT_USAGE, OneLineParser
 from sweeps.store import DEFAULT_STORE, StoreError
 
 from analysis import tables
@@ -23,11 +24,10 @@ from analysis.load import load_sweep, normalize_url
 # matplotlib and optuna are imported by the commands that need them: `table` stays quick to start, which
 # matters when a script calls it per sweep
 
-EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description="Tables and plots from a results store.")
+    parser = OneLineParser(prog="python -m analysis", description="Tables and plots from a results store.")
     sub = parser.add_subparsers(dest="command", required=True)
     store_help = f"SQLAlchemy URL or SQLite file path (default {DEFAULT_STORE})"
 

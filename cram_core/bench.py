@@ -8,7 +8,6 @@ against a measured matmul rate, and peak memory. ``--reference hf`` times Huggin
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from cram_core import hardware
+from cram_core.cli import OneLineParser
 from cram_core.config import ConfigError
 from cram_core.train import build_parts, optimizer_step, parse_config, warm_up
 
@@ -99,7 +99,7 @@ def bench_hf_reference(steps: int, micro: int, seq_len: int, vocab_size: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cram_core.bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m cram_core.bench", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="group.field=value overrides (e.g. train.micro_batch_size=512)")
     parser.add_argument("--preset", default=None, help="preset to time (default: tiny on CPU, crammed-bert-short on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 10 on CPU)")

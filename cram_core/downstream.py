@@ -12,7 +12,6 @@ Metric values are fractions (accuracy 0.87, not 87); matthews_corr and pearson l
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import lzma
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cram_core.checkpoint import load_model_weights
+from cram_core.cli import OneLineParser, positive_int
 from cram_core.config import ConfigError, RunConfig
 from cram_core.model import build_model
 
@@ -589,22 +589,6 @@ def summarize(results: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # one line instead of usage + message, like every other bad-input path of this CLI
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _format_table(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
     width = max([len("task")] + [len(r["task"]) for r in results])
     lines = [f"{'task':<{width}}  {'metric':<13} {'seed':>6} {'value':>8} {'train':>7} {'dev':>6} {'seconds':>8}"]
@@ -618,19 +602,19 @@ def _format_table(results: list[dict[str, Any]], summary: dict[str, dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m cram_core.downstream",
         description="Fine-tune a finished training run on eval tasks (GLUE-sane protocol) and print dev scores.",
     )
     parser.add_argument("run_dir", help="a training run's --out directory (model.safetensors, config.json, tokenizer.json)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names, e.g. rt-polarity,sva")
-    parser.add_argument("--seeds", type=_positive, default=1, help="fine-tuning seeds 0..N-1 (paper: 5, median)")
-    parser.add_argument("--epochs", type=_positive, default=5)
-    parser.add_argument("--max-train", type=_positive, default=None, help="cap train examples (seeded subset)")
-    parser.add_argument("--max-dev", type=_positive, default=None, help="cap dev examples (seeded subset)")
+    parser.add_argument("--seeds", type=positive_int, default=1, help="fine-tuning seeds 0..N-1 (paper: 5, median)")
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--max-train", type=positive_int, default=None, help="cap train examples (seeded subset)")
+    parser.add_argument("--max-dev", type=positive_int, default=None, help="cap dev examples (seeded subset)")
     parser.add_argument("--data-root", default=None,
                         help=f"folder of <task>/task.json (default ${DATA_ROOT_ENV} or {DEFAULT_DATA_ROOT})")
-    parser.add_argument("--batch-size", type=_positive, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--lr", type=float, default=4e-5)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--weights", default="auto", choices=("auto", *WEIGHT_FILES),

@@ -7,13 +7,12 @@ p = 1 (LR, batch ramp and curriculum read only p) -> evaluate on held-out sequen
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +23,7 @@ from cram_core import checkpoint as ckpt
 from cram_core import hardware
 from cram_core.averaging import WeightAverager
 from cram_core.budget import BudgetClock
+from cram_core.cli import OneLineParser
 from cram_core.config import ConfigError, ObjectiveConfig, RunConfig, apply_overrides, list_flags
 from cram_core.model import build_model, training_flops_per_sequence
 from cram_core.objective import MLMObjective
@@ -381,7 +381,7 @@ def parse_config(preset: str | None, overrides: list[str]) -> RunConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m cram_core.train",
         description="Train a crammed BERT under a fixed budget. Overrides are group.field=value (see --list-flags).",
     )

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from cram_core.config import ConfigError
+from cram_core.cli import EXIT_USAGE, OneLineParser, positive_int
 from sweeps.definitions import SWEEPS, ResolvedSweep, get_sweep, resolve
 from sweeps.store import DEFAULT_STORE, StoreError, store_url
 
-EXIT_USAGE = 2
 
 
 def _console() -> Console:
@@ -25,23 +25,8 @@ def _console() -> Console:
     return Console(soft_wrap=True) if sys.stdout.isatty() else Console(soft_wrap=True, width=160)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="python -m sweeps", description="Fixed-budget ablation sweeps (Ray Tune + Optuna).")
+    p = OneLineParser(prog="python -m sweeps", description="Fixed-budget ablation sweeps (Ray Tune + Optuna).")
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,show,run,status,dashboard}")
 
     sub.add_parser("list", help="every sweep: axis, variant count, trial count").set_defaults(func=cmd_list)
@@ -58,12 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--downstream", metavar="TASKS",
                        help="fine-tune every completed trial on these eval tasks (comma list, e.g. rt-polarity,sva), "
                             "after training and outside the budget; the table gets a column per task")
-        q.add_argument("--downstream-seeds", type=_positive, metavar="N",
+        q.add_argument("--downstream-seeds", type=positive_int, metavar="N",
                        help="fine-tuning seeds per task (default 1; the protocol reports the median of 5)")
-        q.add_argument("--downstream-epochs", type=_positive, metavar="E", help="fine-tuning epochs (default 5)")
-        q.add_argument("--downstream-max-train", type=_positive, metavar="N",
+        q.add_argument("--downstream-epochs", type=positive_int, metavar="E", help="fine-tuning epochs (default 5)")
+        q.add_argument("--downstream-max-train", type=positive_int, metavar="N",
                        help="cap train examples per task (seeded subset; default: all)")
-        q.add_argument("--downstream-max-dev", type=_positive, metavar="N",
+        q.add_argument("--downstream-max-dev", type=positive_int, metavar="N",
                        help="cap dev examples per task (seeded subset; default: all)")
         q.add_argument("--downstream-data", metavar="DIR",
                        help="folder of <task>/task.json (default $CRAM_EVAL_DATA, else ../shared/data/eval)")

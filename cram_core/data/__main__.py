@@ -6,16 +6,16 @@ input is one ``error: ...`` line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from cram_core.config import ConfigError, RunConfig, apply_overrides
+from cram_core.cli import OneLineParser
 from cram_core.data.pipeline import PreparedData, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cram_core.data", description="data pipeline")
+    parser = OneLineParser(prog="python -m cram_core.data", description="data pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build or load the prepared dataset and print its statistics")
     prep.add_argument("--preset", help="start from this preset's data group (cram_core.presets)")

@@ -1,7 +1,6 @@
 import copy
 import math
 import typing
-from dataclasses import replace
 
 import pytest
 import torch
