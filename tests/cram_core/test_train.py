@@ -129,3 +129,16 @@ def test_compiled_bf16_run_on_cuda(tmp_path):
     metrics = read_metrics(out)
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
     assert summary["memory_gb"] > 0 and "mfu" in summary
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_precision_flag_changes_the_arithmetic_not_the_result(tmp_path, precision):
+    """impl.precision autocasts the forward: a different curve from fp32, but the same learning."""
+    short = ["budget.tokens=8192", "train.log_every=1"]
+    _, ref_out = run(tmp_path, *short, "impl.precision=fp32", name="fp32")
+    summary, out = run(tmp_path, *short, f"impl.precision={precision}", name=precision)
+    assert summary["status"] == "completed"
+    ref = [m["loss"] for m in read_metrics(ref_out)]
+    low = [m["loss"] for m in read_metrics(out)]
+    assert low != ref
+    assert low == pytest.approx(ref, abs=0.05)
