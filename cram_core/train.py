@@ -250,12 +250,12 @@ def train(
 
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir else None
-    if out:
+    prepared = prepared if prepared is not None else prepare(cfg.data, progress=progress)
+    prepare_s = time.perf_counter() - t_start
+    if out:  # only once the data is known to be good: a bad source leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:  # a resumed run appends to the curve it continues
             (out / "metrics.jsonl").unlink(missing_ok=True)
-    prepared = prepared if prepared is not None else prepare(cfg.data, progress=progress)
-    prepare_s = time.perf_counter() - t_start
 
     parts = build_parts(cfg, prepared.vocab_size)
     tokens = prepared.tokens

@@ -98,6 +98,16 @@ def test_cli_bad_override_fails_cleanly_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_cli_bad_data_source_fails_cleanly_and_writes_nothing(tmp_path):
+    out = tmp_path / "never"
+    proc = subprocess.run([sys.executable, "-m", "cram_core.train", "--preset", "tiny",
+                           f"data.source=jsonl:{tmp_path}/missing/*.jsonl.xz", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "matches no file" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert not out.exists()
+
+
 def test_cli_list_flags_names_every_group():
     proc = subprocess.run([sys.executable, "-m", "cram_core.train", "--list-flags"], capture_output=True, text=True)
     assert proc.returncode == 0
