@@ -200,6 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           max_concurrent=args.max_concurrent)
     else:
         placement = None
+    if args.backend == "cram_core":
+        _check_sources(resolved)
     if args.dry_run:
         if placement is None:
             placement = place(resolved.num_trials, cpus=1, gpus=0, gpus_per_trial=0, max_concurrent=1)
@@ -232,7 +234,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not result.complete:
         console.print("[yellow]sweep incomplete: run the same command again to resume[/]")
         return 1
+    if counts["failed"]:  # recorded and the sweep went on, but a script should notice
+        console.print(f"[yellow]{counts['failed']} trial(s) failed: `python -m sweeps status {result.name}` "
+                      "shows why; add --retry-failed to rerun them[/]")
+        return 1
     return 0
+
+
+def _check_sources(resolved: ResolvedSweep) -> None:
+    """A data source that names no file fails here, in one line, not as N failed trials in the store."""
+    from cram_core.data.sources import parse_sources
+
+    specs = {resolved.base.data.source} | {v.config.data.source for v in resolved.runnable_variants()}
+    for spec in sorted(specs):
+        parse_sources(spec)  # DataError is a ConfigError
 
 
 def _print_table(url: str, name: str, console: Console) -> None:

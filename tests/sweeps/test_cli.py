@@ -65,6 +65,8 @@ def test_dry_run_touches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) 
     (["run", "dropout", "--seeds", "0"], "--seeds must be >= 1"),
     (["run", "dropout", "--max-concurrent", "0"], "--max-concurrent must be >= 1"),
     (["run", "dropout", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "dropout", "--set", "data.source=jsonl:/nonexistent/*.jsonl.xz"], "matches no file"),
+    (["run", "dropout", "--set", "data.source=foo:bar"], "unknown source kind 'foo'"),
 ])
 def test_bad_input_fails_before_the_store(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str],
                                           match: str) -> None:
