@@ -17,7 +17,7 @@ import torch
 from cram_core import hardware
 from cram_core.cli import OneLineParser
 from cram_core.config import ConfigError
-from cram_core.train import build_parts, optimizer_step, parse_config, warm_up
+from cram_core.train import build_parts, default_preset, optimizer_step, parse_config, warm_up
 
 
 def _sync(device: torch.device) -> None:
@@ -45,7 +45,7 @@ def bench_preset(preset: str | None, overrides: list[str], steps: int, vocab_siz
     tokens = steps * micro * seq_len
     flops = steps * micro * parts.flops_per_sequence(seq_len)
     return {
-        "name": f"{preset or 'default'} ({cfg.model.num_layers}x{cfg.model.hidden_size}, micro-batch {micro})",
+        "name": f"{preset or default_preset()} ({cfg.model.num_layers}x{cfg.model.hidden_size}, micro-batch {micro})",
         "device": parts.device,
         "dtype": parts.amp_dtype,
         "params": parts.model.num_params(),
@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     peak = hardware.peak_flops(device)
     measured = hardware.measure_matmul_flops(device, rows[0]["dtype"])
     print(f"device: {hardware.device_name(device)}; precision {rows[0]['dtype'] or 'fp32'}; {steps} timed steps")
-    print(f"matmul ceiling measured here: {measured / 1e12:.1f} TFLOP/s"
+    print(f"matmul ceiling measured here: {measured / 1e12:.3g} TFLOP/s"
           + (f"; datasheet peak {peak / 1e12:.0f} TFLOP/s" if peak else "; no datasheet peak (MFU n/a)"))
     print(f"{'run':<52} {'params':>8} {'tokens/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'of meas.':>8} {'mem GB':>7} {'compile s':>9}")
     for r in rows:
         fps = r["flops_per_second"]
         mfu = f"{fps / peak:.1%}" if fps and peak else "n/a"
         util = f"{fps / measured:.1%}" if fps else "n/a"
-        tf = f"{fps / 1e12:.1f}" if fps else "n/a"
+        tf = f"{fps / 1e12:.3g}" if fps else "n/a"
         mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "n/a"
         print(f"{r['name']:<52} {r['params'] / 1e6:>7.1f}M {r['tokens_per_second']:>12,.0f} {tf:>8} {mfu:>6} "
               f"{util:>8} {mem:>7} {r['compile_s']:>9.1f}")
