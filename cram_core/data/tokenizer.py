@@ -7,6 +7,8 @@ changes only the subword model. Special tokens come first in the vocabulary, at 
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import chain
@@ -84,6 +86,7 @@ def train_tokenizer(docs: list[str], cfg: DataConfig, *, progress: bool) -> Toke
     if cfg.tokenizer != "unigram":
         tok.decoder = decoders.WordPiece(prefix="##")
     tok.train_from_iterator(docs, trainer, length=len(docs))
+    tok = canonical_ids(tok)
     for expected, token in enumerate(SPECIAL_TOKENS):
         # internal invariant: the trainers put special tokens first, in the order given
         assert tok.token_to_id(token) == expected, (token, tok.token_to_id(token))
@@ -93,6 +96,35 @@ def train_tokenizer(docs: list[str], cfg: DataConfig, *, progress: bool) -> Toke
         special_tokens=[("[CLS]", SpecialIds.CLS), ("[SEP]", SpecialIds.SEP)],
     )
     return tok
+
+
+def canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """The same tokenizer with ids that depend only on what was learned, not on how the trainer ran.
+
+    The trainers break ties between equally frequent entries in hash-map order, so two builds of one
+    corpus learn the same vocabulary under permuted ids (seen: 54 of 2048 WordPiece ids), which would make
+    seeded runs irreproducible across cache rebuilds. Ids never affect how text is split (WordPiece and BPE
+    match by string; Unigram by score), so we renumber: special tokens first, then the rest in a fixed order.
+    """
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    model = spec["model"]
+    specials = list(SPECIAL_TOKENS)
+    if model["type"] == "Unigram":
+        entries = [e for e in model["vocab"] if e[0] not in specials]
+        by_token = {e[0]: e for e in model["vocab"]}
+        entries.sort(key=lambda e: (-e[1], e[0]))
+        model["vocab"] = [by_token[t] for t in specials] + entries
+        if model.get("unk_id") is not None:
+            model["unk_id"] = specials.index("[UNK]")
+    else:  # WordPiece and BPE: a token -> id map
+        rest = sorted(t for t in model["vocab"] if t not in specials)
+        model["vocab"] = {t: i for i, t in enumerate(specials + rest)}
+    ids = {t: i for i, t in enumerate(specials)}
+    for added in spec.get("added_tokens", []):
+        added["id"] = ids.get(added["content"], added["id"])
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 @dataclass(slots=True)

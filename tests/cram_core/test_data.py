@@ -413,6 +413,18 @@ def test_second_prepare_is_a_cache_hit(tmp_path, corpus, monkeypatch):
         first.path.name  # cache_dir is not part of the key
 
 
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_two_builds_give_identical_ids(tmp_path, corpus, kind):
+    """Trainers break frequency ties in hash-map order; ids are renumbered canonically so they don't."""
+    _, path = corpus
+    first = prepare(dataclasses.replace(config(tmp_path, f"jsonl:{path}"), tokenizer=kind), progress=False)
+    other = dataclasses.replace(config(tmp_path / "b", f"jsonl:{path}"), tokenizer=kind)
+    second = prepare(other, progress=False)
+    assert first.path != second.path and not second.cache_hit
+    np.testing.assert_array_equal(first.tokens, second.tokens)
+    assert first.tokenizer().get_vocab() == second.tokenizer().get_vocab()
+
+
 def test_a_damaged_cache_entry_is_rebuilt_not_used(tmp_path, corpus, capsys):
     _, path = corpus
     cfg = config(tmp_path, f"jsonl:{path}")
