@@ -20,7 +20,7 @@ from sweeps.cli import main
 from sweeps.definitions import Sweep, resolve
 from sweeps.ledger import Ledger, SweepMismatch
 from sweeps.mirror import trial_attrs
-from sweeps.runner import RunOptions, downstream_spec, run_sweep, start_ray
+from sweeps.runner import RunOptions, downstream_spec, run_sweep
 from sweeps.store import EvalRow, TrialRow, make_engine
 from sweeps.trial import DownstreamSpec, run_trial
 
@@ -179,16 +179,6 @@ def test_eval_rows_are_written_and_cleared_when_a_trial_is_replanned(tmp_path: P
 
 
 # ---------------------------------------------------------------- one real sweep
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = start_ray(None, num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def test_real_sweep_scores_every_trial_downstream(ray_local, eval_root: Path, tmp_path: Path, monkeypatch) -> None:

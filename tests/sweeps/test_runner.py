@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from sweeps.definitions import SWEEPS, Sweep, resolve
 from sweeps.ledger import Ledger, SweepMismatch
-from sweeps.runner import RunOptions, place, run_sweep, start_ray
+from sweeps.runner import RunOptions, place, run_sweep
 from sweeps.store import MetricRow, TrialRow
 from sweeps.testing import NUM_RECORDS
 
@@ -27,16 +27,6 @@ FAILING = Sweep(
         "crashes": {"optim.lr": 500.0},  # the fake trainer's exception switch
     },
 )
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = start_ray(None, num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def _run(sweep: Sweep, url: str, **kw) -> tuple:
