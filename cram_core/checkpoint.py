@@ -34,10 +34,11 @@ def save_model(out: Path, model: torch.nn.Module, cfg: Any, prepared: Any,
                averaged: dict[str, torch.Tensor] | None = None) -> None:
     """Final artefacts: model.safetensors (+ model-averaged.safetensors), config.json, tokenizer.json."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_weights(model), str(out / "model.safetensors"))
-    if averaged is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in averaged.items()
-                   if k in _weights(model)}, str(out / "model-averaged.safetensors"))
+    weights = _weights(model)
+    save_file(weights, str(out / "model.safetensors"))
+    if averaged is not None:  # same keys as the live weights: tied copies stored once
+        save_file({k: v.detach().cpu().contiguous() for k, v in averaged.items() if k in weights},
+                  str(out / "model-averaged.safetensors"))
     (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "vocab_size": prepared.vocab_size}, indent=2))
     shutil.copyfile(prepared.tokenizer_path, out / "tokenizer.json")
 
@@ -45,8 +46,10 @@ def save_model(out: Path, model: torch.nn.Module, cfg: Any, prepared: Any,
 def load_model_weights(model: torch.nn.Module, path: Path) -> None:
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {n for n, t in model.state_dict().items() if any(t.data_ptr() == model.state_dict()[k].data_ptr()
-                                                             for k in state)}
+    live = model.state_dict()
+    # a tied tensor was stored under one name only: its other names count as loaded
+    stored = {live[k].data_ptr() for k in state if k in live}
+    tied = {n for n, t in live.items() if t.data_ptr() in stored}
     really_missing = [m for m in missing if m not in tied]
     if really_missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match the model: missing {really_missing}, unexpected {unexpected}")
