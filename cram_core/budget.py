@@ -19,6 +19,7 @@ class BudgetClock:
         self.cfg = cfg
         self._clock = clock
         self._started = False
+        self._stopped = False
         self._pause_depth = 0
         self._seconds_banked = 0.0  # counted time from intervals that have ended (or from a checkpoint)
         self._interval_start: float | None = None  # clock reading when the current counted interval began
@@ -43,8 +44,13 @@ class BudgetClock:
             yield
         finally:
             self._pause_depth -= 1
-            if self._pause_depth == 0 and self._started:
+            if self._pause_depth == 0 and self._started and not self._stopped:
                 self._interval_start = self._clock()
+
+    def stop(self) -> None:
+        """End of training: ``seconds`` stays fixed from here on, so evaluation and saving never count."""
+        self._bank()
+        self._stopped = True
 
     def _bank(self) -> None:
         if self._interval_start is not None:

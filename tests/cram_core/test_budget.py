@@ -154,3 +154,16 @@ def test_default_clock_is_real_time():
     clock = BudgetClock(BudgetConfig(seconds=3600.0))
     clock.start()
     assert 0.0 <= clock.seconds < 60.0 and not clock.done
+
+
+def test_stop_freezes_seconds_even_across_a_later_pause():
+    fake = FakeClock()
+    clock = BudgetClock(BudgetConfig(seconds=100.0), clock=fake)
+    clock.start()
+    fake.advance(4.0)
+    clock.stop()
+    fake.advance(50.0)  # evaluation after training
+    with clock.paused():
+        fake.advance(1.0)
+    fake.advance(7.0)  # a pause ending after stop() must not restart the count
+    assert clock.seconds == pytest.approx(4.0) and clock.progress == pytest.approx(0.04)

@@ -152,3 +152,23 @@ def test_precision_flag_changes_the_arithmetic_not_the_result(tmp_path, precisio
     low = [m["loss"] for m in read_metrics(out)]
     assert low != ref
     assert low == pytest.approx(ref, abs=0.05)
+
+
+def test_summary_seconds_is_the_budget_time_and_excludes_evaluation(tmp_path, monkeypatch):
+    """Regression: summary.json `seconds` used to read the still-running clock after evaluation."""
+    import time
+
+    import cram_core.train as train_module
+
+    real_evaluate = train_module.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(1.0)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
+    summary, out = run(tmp_path, "budget.tokens=4096")
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["seconds"] == summary["timings"]["train_s"]
+    assert summary["timings"]["eval_s"] >= 1.0 and summary["seconds"] < summary["timings"]["eval_s"]
+    assert read_metrics(out)[-1]["seconds"] <= summary["seconds"]
