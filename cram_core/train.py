@@ -313,6 +313,7 @@ def train(
         logger.close()
     if parts.device.type == "cuda":
         torch.cuda.synchronize(parts.device)
+    clock.stop()  # evaluation and saving below are outside the budget and out of `seconds`
     train_s = clock.seconds
 
     t_eval = time.perf_counter()
@@ -352,7 +353,6 @@ def train(
     if out:
         ckpt.save_model(out, parts.model, cfg, prepared, averager.averaged_state_dict())
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    clock.stop()  # evaluation and saving below are outside the budget and out of `seconds`
     return summary
 
 
