@@ -202,7 +202,8 @@ class Logger:
         self.peak = hardware.peak_flops(parts.device)
         self.last = (0.0, 0, 0.0)  # seconds, tokens, flops at the previous record
 
-    def record(self, step: int, clock: BudgetClock, loss: float, lr: float, batch_size: int, seq_len: int) -> dict:
+    def record(self, step: int, clock: BudgetClock, loss: float, lr: float, batch_size: int, seq_len: int,
+               held_out: float | None = None) -> dict:
         seconds, tokens, flops = clock.seconds, clock.tokens, clock.flops
         window = max(seconds - self.last[0], 1e-9)
         rec = {
@@ -213,6 +214,8 @@ class Logger:
             "memory_gb": torch.cuda.max_memory_allocated(self.parts.device) / 2**30
             if self.parts.device.type == "cuda" else None,
         }
+        if held_out is not None:  # only on records at an eval mark (see `train(eval_marks=...)`)
+            rec["eval_loss"] = held_out
         self.last = (seconds, tokens, flops)
         if self.file:
             self.file.write(json.dumps(rec) + "\n")
@@ -244,8 +247,15 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     prepared: Any = None,
+    eval_marks: int = 0,
 ) -> dict[str, Any]:
-    """Train ``cfg`` to its budget; returns the summary dict (also written to ``out_dir/summary.json``)."""
+    """Train ``cfg`` to its budget; returns the summary dict (also written to ``out_dir/summary.json``).
+
+    ``eval_marks`` = N > 0 also measures the held-out loss (current weights, the final eval's sequences and
+    masks) at the first log step past each p = k/N, k < N, with the clock paused: for a token budget these
+    are the same token marks in every trial. Each lands in that step's record as ``eval_loss`` and in the
+    summary's ``eval_curve`` [(tokens, loss), ...], which ends with the final eval at p = 1.
+    """
     from cram_core.data import TrainLoader, prepare
 
     t_start = time.perf_counter()
@@ -280,6 +290,8 @@ def train(
     logger = Logger(parts, out, callback, console)
     status, reason = "completed", None
     next_ckpt = _next_checkpoint(cfg.train.checkpoint_every, clock.progress)
+    next_mark = _next_checkpoint(1.0 / eval_marks, clock.progress) if eval_marks > 0 else None
+    eval_curve: list[tuple[float, float]] = []
     pending: list[torch.Tensor] = []
     clock.start()
     try:
@@ -303,7 +315,13 @@ def train(
                     reason = f"non-finite loss at step {step - len(window) + int(bad[0]) + 1}"
                     break
                 losses.extend(window.tolist())
-                logger.record(step, clock, float(window.mean()), lr, batch_size, seq_len)
+                held_out = None
+                if next_mark is not None and clock.progress >= next_mark and not clock.done:
+                    with clock.paused():
+                        held_out = evaluate(parts, tokens, eval_idx, None)
+                    eval_curve.append((clock.tokens, held_out))
+                    next_mark = _next_checkpoint(1.0 / eval_marks, clock.progress)
+                logger.record(step, clock, float(window.mean()), lr, batch_size, seq_len, held_out)
             if out and next_ckpt is not None and clock.progress >= next_ckpt and not clock.done:
                 with clock.paused():
                     ckpt.save_training_state(out / "checkpoints" / f"step-{step:07d}", parts, loader, clock,
@@ -331,6 +349,7 @@ def train(
         "reason": reason,
         "final_loss": float(np.mean(tail)) if tail else None,
         "eval_loss": eval_loss if math.isfinite(eval_loss) else None,
+        "eval_curve": eval_curve + ([(clock.tokens, eval_loss)] if math.isfinite(eval_loss) else []),
         "tokens": clock.tokens,
         "seconds": train_s,
         "flops": clock.flops,
