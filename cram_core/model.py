@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cram_core import rng
 from cram_core.config import ModelConfig
 
 
@@ -354,7 +355,7 @@ def _parts(cfg: ModelConfig) -> dict[str, Any]:
 
 
 class CrammedBert(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seed: int = 0) -> None:
         super().__init__()
         parts = _parts(cfg)
         if parts["attention"] is FourierMixing and parts["positions"] is RotaryPositions:
@@ -364,8 +365,8 @@ class CrammedBert(nn.Module):
             )
         self.cfg, self.vocab_size = cfg, vocab_size
         self.sparse_prediction = cfg.sparse_prediction
-        # torch's default layer init draws random numbers that init_weights overwrites; forking the RNG
-        # keeps those draws from shifting ours, so configs with equal shapes get equal weights.
+        # torch's default layer init draws random numbers that init_weights overwrites (from per-parameter
+        # generators); forking the RNG keeps those draws off the caller's global stream (dropout).
         with torch.random.fork_rng(devices=[]):
             self.embeddings = Embeddings(cfg, vocab_size, parts)
             self.blocks = nn.ModuleList(Block(cfg, i, parts) for i in range(cfg.num_layers))
@@ -373,7 +374,7 @@ class CrammedBert(nn.Module):
             # near-identity at init, but it adds a learned affine map).
             self.final_norm = parts["norm"]() if cfg.final_norm else nn.Identity()
             self.head = MLMHead(cfg, vocab_size, parts)
-        init_weights(self, *parts["init"](cfg))
+        init_weights(self, *parts["init"](cfg), seed=seed)
 
     def encode(
         self,
@@ -417,8 +418,9 @@ class CrammedBert(nn.Module):
         return training_flops_per_sequence(self.cfg, self.vocab_size, seq_len, num_predictions)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> CrammedBert:
-    return CrammedBert(cfg, vocab_size)
+def build_model(cfg: ModelConfig, vocab_size: int, seed: int = 0) -> CrammedBert:
+    """``seed`` (train.seed) fixes the initial weights, parameter by parameter (see cram_core.rng)."""
+    return CrammedBert(cfg, vocab_size, seed)
 
 
 # ---------------------------------------------------------------- init
@@ -443,26 +445,31 @@ INITS: dict[str, Any] = {"normal": _normal_init, "small": _small_init, "scaled":
 
 
 @torch.no_grad()
-def init_weights(model: CrammedBert, std: float, output_std: float) -> None:
+def init_weights(model: CrammedBert, std: float, output_std: float, seed: int = 0) -> None:
     """Matrices normal(0, std) (residual-stream outputs: output_std); biases 0; norm weights 1.
 
-    Modules are visited in registration order, so two configs with the same shapes draw the same
-    numbers under the same seed. The scaled-sinusoid scalar keeps its own init.
+    Each matrix draws from its own generator, seeded by (seed, parameter name): a parameter with the same
+    name and shape gets the same values in every config, whatever layers are added or removed around it
+    (common random numbers across a sweep's variants). The scaled-sinusoid scalar keeps its own init.
     """
-    for module in model.modules():
+    def normal(name: str, weight: torch.Tensor, sd: float) -> None:
+        nn.init.normal_(weight, std=sd, generator=rng.generator(seed, f"init:{name}", weight.device))
+
+    for prefix, module in model.named_modules():
+        name = f"{prefix}.weight" if prefix else "weight"
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=output_std if isinstance(module, OutputLinear) else std)
+            normal(name, module.weight, output_std if isinstance(module, OutputLinear) else std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+            normal(name, module.weight, std)
         elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:  # RMSNorm has no bias attribute
                 nn.init.zeros_(module.bias)
         elif isinstance(module, MLMHead):
             if module.weight is not None:
-                nn.init.normal_(module.weight, std=std)
+                normal(name, module.weight, std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cram_core import checkpoint as ckpt
-from cram_core import hardware
+from cram_core import hardware, rng
 from cram_core.averaging import WeightAverager
 from cram_core.budget import BudgetClock
 from cram_core.cli import OneLineParser
@@ -61,14 +61,16 @@ def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
     device = hardware.resolve_device(cfg.impl)
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, vocab_size).to(device)
+    seed = cfg.train.seed
+    # one stream per purpose (cram_core.rng): same seed => same init, masks and dropout across variants
+    model = build_model(cfg.model, vocab_size, seed).to(device)
+    torch.manual_seed(rng.stream_seed(seed, "dropout"))  # torch's global stream: dropout, layer drop
     fused = cfg.impl.fused_optimizer and device.type == "cuda"
     optimizer = build_optimizer(cfg.optim, model, fused=fused)
     step_model: Callable[..., torch.Tensor] = model
     if hardware.should_compile(cfg.impl, device):
         step_model = torch.compile(model, mode=None if cfg.impl.compile_mode == "default" else cfg.impl.compile_mode)
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    generator = rng.generator(seed, "masks", device)
     return Parts(
         cfg=cfg,
         device=device,
