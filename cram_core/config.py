@@ -254,9 +254,9 @@ class BudgetConfig:
     seconds: float | None = None
     "training wall-clock budget in seconds (compile, warm-up and evaluation excluded)"
     tokens: float | None = None
-    "training budget in tokens seen (sequence positions fed to the model)"
+    "training budget in tokens computed: input positions per forward+backward (token_drop: kept only; sam: 2 passes)"
     flops: float | None = None
-    "training budget in estimated model FLOPs (forward + backward)"
+    "training budget in estimated model FLOPs (forward + backward of the positions counted as tokens)"
 
     # Setting one kind from the command line clears the others (see apply_overrides).
     EXCLUSIVE = ("seconds", "tokens", "flops")

@@ -51,10 +51,23 @@ class Parts:
     flops_cache: dict[int, float] = field(default_factory=dict)
 
     def flops_per_sequence(self, seq_len: int) -> float:
+        """One forward + backward of one sequence cut at ``seq_len``: the model runs on its kept positions."""
         if seq_len not in self.flops_cache:
-            m = self.objective.num_predictions(seq_len)
-            self.flops_cache[seq_len] = training_flops_per_sequence(self.cfg.model, self.vocab_size, seq_len, m)
+            m, kept = self.objective.num_predictions(seq_len), self.objective.input_length(seq_len)
+            self.flops_cache[seq_len] = training_flops_per_sequence(self.cfg.model, self.vocab_size, kept, m)
         return self.flops_cache[seq_len]
+
+    def step_work(self, batch_size: int, seq_len: int) -> tuple[int, float]:
+        """(tokens, FLOPs) one optimizer step computes on ``batch_size`` loader sequences at length ``seq_len``.
+
+        A budget token is one input position through one forward + backward pass: under token dropping only
+        the kept positions count, a curriculum length that doesn't divide data.seq_len counts only the rows
+        `reshape_for_length` keeps, and SAM's second pass over the same batch counts again.
+        """
+        rows = batch_size * (self.cfg.data.seq_len // seq_len)  # seq_len <= data.seq_len (RunConfig checks)
+        passes = 2 if self.optimizer.needs_closure else 1
+        return (passes * rows * self.objective.input_length(seq_len),
+                passes * rows * self.flops_per_sequence(seq_len))
 
 
 def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
@@ -305,8 +318,7 @@ def train(
             micro_batches = [reshape_for_length(loader.next(), seq_len) for _ in range(batch_size // micro)]
             pending.append(optimizer_step(parts, micro_batches, lr))
             step += 1
-            n_tokens = batch_size * cfg.data.seq_len
-            clock.add(n_tokens, batch_size * cfg.data.seq_len / seq_len * parts.flops_per_sequence(seq_len))
+            clock.add(*parts.step_work(batch_size, seq_len))
             averager.update(parts.model, step, clock.progress)
             if step % cfg.train.log_every == 0 or clock.done:
                 window = torch.stack(pending).float().cpu()
