@@ -432,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = parse_config(args.preset, args.overrides)
-        if args.resume and not (Path(args.resume) / "state.pt").exists():
-            raise ConfigError(f"--resume {args.resume}: no checkpoint there (expected state.pt)")
+        if args.resume:  # other flags than the checkpoint's: one line, before any data or --out is touched
+            ckpt.check_resumable(Path(args.resume), cfg)
         summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
