@@ -3,25 +3,125 @@
 Why a mirror and not Optuna as the scheduler: categorical ablation grids can't go through OptunaSearch
 (no grid_search), scheduler-stopped trials and crashes are recorded wrongly, and the last report is not an
 intermediate value. So the grid runs on Tune and the driver writes each trial into the study itself
-through the storage API: created RUNNING when the trial starts (param ``variant``), intermediate values
-keyed by tokens seen as metric records arrive, then COMPLETE with the objective or FAIL with a reason.
+through the storage API: created RUNNING when the trial starts, intermediate values as metric records
+arrive, then COMPLETE with the objective, FAIL with a reason, or PRUNED when the user stopped the sweep.
 Search sweeps are different only in who creates and finishes the Optuna trial (OptunaSearch, which needs
 the study for TPE); the mirror then only adds intermediate values and user attributes to that trial.
+
+What the dashboard reads off the study:
+- parameters: each knob the grid varies (``train.schedule``, ``optim.lr``, ...) with its real distribution,
+  plus ``seed``, so importance, slice, contour and parallel coordinates are about the knobs (a single
+  ``variant`` categorical made importance one bar and left the other plots empty);
+- the objective's name (``set_metric_names``) and, per trial, ``name`` = "variant / seed k";
+- intermediate values: the held-out loss at the trainer's eval marks, the step being tokens seen
+  (the study attribute ``intermediate_step`` says so, since the dashboard's axis is labelled "Step");
+- artifacts (figures, table, report) in a file-system store beside the database (`artifact_store`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeps.store import retry_on_locked
-from sweeps.trial import downstream_scores
+from sweeps.trial import EVAL_MARKS, downstream_scores
 
 INTERRUPTED = "interrupted (the sweep driver stopped while this trial ran); rerun on resume"
+CANCELLED = "sweep stopped by user"
+OBJECTIVE_NAME = "held-out MLM loss"
+STUDY_ATTRS = {
+    "objective": "held-out MLM loss at the end of the budget (15% masking, the same sequences and masks in "
+                 "every trial); final train loss where a trainer gives no held-out loss",
+    "intermediate_step": "tokens seen (the dashboard's 'Step' axis)",
+    "intermediate_value": f"held-out MLM loss at p = k/{EVAL_MARKS} of the budget, training clock paused",
+}
+# a spread of 4x or more between a numeric knob's values is read on a log scale (LR, batch, widths)
+LOG_SCALE_RATIO = 4.0
+ARTIFACTS_SUFFIX = "-artifacts"
+
+
+# ---------------------------------------------------------------- the grid as Optuna parameters
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GridSpace:
+    """A grid sweep's knobs as Optuna parameters: one distribution per varied key, plus ``seed``."""
+
+    distributions: dict[str, BaseDistribution]
+    values: dict[str, dict[str, Any]]
+    "variant -> {knob: value}, the seed excluded"
+
+    def params(self, variant: str, seed: int) -> dict[str, Any]:
+        return {**self.values[variant], "seed": seed}
+
+
+def _param_value(value: Any) -> Any:
+    # Optuna parameters are None, bool, int, float or str; anything else is shown as its text
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def knob_distribution(values: list[Any]) -> BaseDistribution:
+    """The distribution a knob's values come from: numbers as a range (log when they span >= 4x), the rest
+    (names, flags, None) as categories."""
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numeric and len(numeric) == len(values) and all(math.isfinite(v) for v in numeric):
+        low, high = min(numeric), max(numeric)
+        log = low > 0 and high / low >= LOG_SCALE_RATIO
+        if all(isinstance(v, int) for v in numeric):
+            return IntDistribution(int(low), int(high), log=log)
+        return FloatDistribution(float(low), float(high), log=log)
+    return CategoricalDistribution(sorted(set(values), key=lambda v: (type(v).__name__, str(v))))
+
+
+def grid_space(resolved: Any) -> GridSpace:
+    """Parameters of a resolved grid sweep: every override key any variant sets, valued from each variant's
+    config (so a ``Derived`` value is the number that ran), keys equal in every variant left out."""
+    variants = resolved.runnable_variants()
+    keys = list(dict.fromkeys(k for v in variants for k in v.overrides))
+    values: dict[str, dict[str, Any]] = {v.name: {} for v in variants}
+    distributions: dict[str, BaseDistribution] = {}
+    for key in keys:
+        group, name = key.split(".", 1)
+        per_variant = {v.name: _param_value(v.config.to_dict()[group][name]) for v in variants}
+        if len(set(map(str, per_variant.values()))) < 2:
+            continue
+        distributions[key] = knob_distribution(list(per_variant.values()))
+        for variant, value in per_variant.items():
+            values[variant][key] = value
+    distributions["seed"] = IntDistribution(min(resolved.seeds), max(resolved.seeds))
+    return GridSpace(distributions=distributions, values=values)
+
+
+def trial_name(variant: str, seed: int) -> str:
+    return f"{variant} / seed {seed}"
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def artifact_dir(url: str) -> Path:
+    """Where a store's Optuna artifacts live: beside a SQLite file (results.db -> results.db-artifacts/), or
+    ./optuna-artifacts for a server database (a cluster shares it through the working folder)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///") + ARTIFACTS_SUFFIX)
+    return Path("optuna" + ARTIFACTS_SUFFIX)
+
+
+def artifact_store(url: str) -> Any:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    folder = artifact_dir(url)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
@@ -33,14 +133,17 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 class OptunaMirror:
-    def __init__(self, url: str, study_name: str, *, variants: list[str] | None, attrs: dict[str, Any]):
+    def __init__(self, url: str, study_name: str, *, space: GridSpace | None, attrs: dict[str, Any]):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage = make_storage(url)
         self.study = retry_on_locked(lambda: optuna.create_study(
             storage=self.storage, study_name=study_name, direction="minimize", load_if_exists=True))
         self.study_id = self.storage.get_study_id_from_name(study_name)
-        self.variants = variants
-        for key, value in attrs.items():
+        self.space = space
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._do(self.study.set_metric_names, [OBJECTIVE_NAME])
+        for key, value in {**STUDY_ATTRS, **attrs}.items():
             self._do(self.storage.set_study_user_attr, self.study_id, key, value)
 
     @staticmethod
@@ -71,18 +174,19 @@ class OptunaMirror:
         return bool(self._do(self.study.get_trials, False, (TrialState.WAITING,)))
 
     def start(self, variant: str, attrs: dict[str, Any]) -> tuple[int, int]:
-        """A RUNNING trial for a grid variant; returns (storage trial id, trial number)."""
+        """A RUNNING trial for a grid variant (its knobs and seed as parameters); returns (trial id, number)."""
         params, dists = {}, {}
-        if self.variants and variant in self.variants:
-            params, dists = {"variant": variant}, {"variant": CategoricalDistribution(self.variants)}
+        if self.space is not None and variant in self.space.values:
+            params = self.space.params(variant, attrs["seed"])
+            dists = {k: self.space.distributions[k] for k in params}
         template = create_trial(state=TrialState.RUNNING, params=params, distributions=dists, user_attrs=attrs)
         try:
             trial_id = self._do(self.storage.create_new_trial, self.study_id, template)
         except ValueError:
-            # the sweep's variant list changed since the study began, and Optuna refuses a categorical whose
-            # choices changed: keep the variant as a user attribute only (the table reads the store anyway)
-            self.variants = None
-            template = create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+            # the sweep's variants changed since the study began, and Optuna refuses a parameter whose
+            # distribution changed: keep the knobs as user attributes only (the table reads the store anyway)
+            self.space = None
+            template = create_trial(state=TrialState.RUNNING, user_attrs={**attrs, **params})
             trial_id = self._do(self.storage.create_new_trial, self.study_id, template)
         return trial_id, self._do(self.storage.get_trial_number_from_id, trial_id)
 
@@ -94,13 +198,18 @@ class OptunaMirror:
             self._do(self.storage.set_trial_user_attr, trial_id, key, value)
 
     def report(self, trial_id: int, records: list[dict[str, Any]]) -> None:
-        """Intermediate values keyed by tokens seen, so curves of different batch sizes line up."""
+        """Intermediate values: the held-out loss of the records at an eval mark, keyed by tokens seen (so
+        curves of different batch sizes line up). Train loss is not one: it is not what the objective is."""
         for r in records:
-            loss, step = r.get("loss"), r.get("tokens")
-            if step is None:
-                step = r.get("step")
-            if isinstance(loss, (int, float)) and math.isfinite(loss) and step is not None:
-                self._do(self.storage.set_trial_intermediate_value, trial_id, int(step), float(loss))
+            self._intermediate(trial_id, r.get("tokens"), r.get("eval_loss"))
+
+    def _intermediate(self, trial_id: int, tokens: Any, loss: Any) -> None:
+        if isinstance(loss, (int, float)) and math.isfinite(loss) and isinstance(tokens, (int, float)):
+            self._do(self.storage.set_trial_intermediate_value, trial_id, int(tokens), float(loss))
+
+    def close_curve(self, trial_id: int, summary: Mapping[str, Any]) -> None:
+        """The final held-out loss as the last intermediate value, at the tokens the trial saw."""
+        self._intermediate(trial_id, summary.get("tokens"), summary.get("eval_loss"))
 
     def finish(self, trial_id: int, value: float | None) -> None:
         """COMPLETE with the objective, or FAIL (diverged, crashed: the reason is in the user attributes)."""
@@ -109,6 +218,11 @@ class OptunaMirror:
         else:
             self._do(self.storage.set_trial_state_values, trial_id, TrialState.COMPLETE, [value])
 
+    def cancel(self, trial_id: int) -> None:
+        """PRUNED, so the dashboard shows a stopped trial apart from a crashed (FAIL) one."""
+        self.set_attrs(trial_id, {"status": "cancelled", "status_reason": CANCELLED})
+        self._do(self.storage.set_trial_state_values, trial_id, TrialState.PRUNED, None)
+
     def is_running(self, trial_id: int) -> bool:
         return self._do(self.storage.get_trial, trial_id).state == TrialState.RUNNING
 
@@ -116,7 +230,8 @@ class OptunaMirror:
 def trial_attrs(*, variant: str, seed: int, config_hash: str, status: str = "running",
                 summary: dict[str, Any] | None = None, gpus: float = 0) -> dict[str, Any]:
     """The user attributes the dashboard shows next to each trial."""
-    attrs: dict[str, Any] = {"variant": variant, "seed": seed, "config_hash": config_hash, "status": status}
+    attrs: dict[str, Any] = {"name": trial_name(variant, seed), "variant": variant, "seed": seed,
+                             "config_hash": config_hash, "status": status}
     if summary is not None:
         attrs["status"] = summary.get("status", status)
         attrs["status_reason"] = summary.get("reason") or ""

@@ -36,7 +36,7 @@ from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
 from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_overrides, with_seed
 from sweeps.ledger import Ledger
 from sweeps.live import LiveProgress, format_seconds
-from sweeps.mirror import OptunaMirror, trial_attrs
+from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
 from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
                           one_line, trial_main)
 
@@ -214,6 +214,7 @@ class _Driver:
         attrs = trial_attrs(variant=t["variant"], seed=t["seed"], config_hash=t["hash"], summary=summary,
                             gpus=self.placement.gpus_per_trial)
         self.mirror.set_attrs(t["optuna"], attrs)
+        self.mirror.close_curve(t["optuna"], summary)
         if not self.search:  # OptunaSearch tells its own trials, from the same summary report
             self.mirror.finish(t["optuna"], value)
         self.progress.trial_finished(tune_id, status=status, value=value, reason=summary.get("reason"),
@@ -349,8 +350,8 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             "placement": dataclasses.asdict(placement), "backend": opts.backend,
             "downstream": opts.downstream.to_dict() if opts.downstream else None})
         ledger.heartbeat(sweep_id)
-        variant_names = None if sweep.is_search else [v.name for v in resolved.runnable_variants()]
-        mirror = OptunaMirror(opts.store_url, resolved.name, variants=variant_names, attrs={
+        space = None if sweep.is_search else grid_space(resolved)
+        mirror = OptunaMirror(opts.store_url, resolved.name, space=space, attrs={
             "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
             "kind": "search" if sweep.is_search else "grid",
             "downstream": describe_downstream(opts.downstream.to_dict() if opts.downstream else None)})
@@ -396,8 +397,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
                 _fit(resolved, opts, placement, grid_rows, todo_count, mirror, ledger, sweep_id, driver)
             for t in driver.unfinished():  # Ctrl-C: Tune stopped the running trials
                 if mirror.is_running(t["optuna"]):
-                    mirror.set_attrs(t["optuna"], {"status": "cancelled", "status_reason": "sweep stopped by user"})
-                    mirror.finish(t["optuna"], None)
+                    mirror.cancel(t["optuna"])
             stopped = ledger.cancel_unfinished(sweep_id, "sweep stopped before this trial finished; rerun to resume")
         final = ledger.progress(resolved.name)
         assert final is not None

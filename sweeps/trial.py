@@ -22,6 +22,8 @@ from sweeps.definitions import with_seed
 # Metric records are batched per report: each tune.report is a round trip to the driver, and under a
 # wall-clock budget the trial's clock runs while it waits.
 REPORT_EVERY_S = 2.0
+EVAL_MARKS = 8
+"held-out evaluations during a trial (p = 1/8 ... 7/8; the final one makes 8), outside the budget"
 
 
 def objective(summary: dict[str, Any]) -> float | None:
@@ -178,7 +180,8 @@ def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any
             elif downstream is not None:
                 out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
             train, _ = load_backend(backend)
-            summary = train(cfg, out_dir=out_dir, callback=callback, progress=False)
+            # held-out loss at fixed budget marks: the Optuna study's intermediate values
+            summary = train(cfg, out_dir=out_dir, callback=callback, progress=False, eval_marks=EVAL_MARKS)
         except Exception as e:  # the trial's failure is its result; the sweep must go on
             summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
                        "seed": cfg.train.seed, "host": socket.gethostname(),

@@ -82,10 +82,17 @@ def test_every_trial_has_its_optuna_twin(failing_store: str) -> None:
         assert t.user_attrs["config_hash"] == r.config_hash and t.user_attrs["status"] == r.status
         for key in ("tokens", "seconds", "tokens_per_second", "mfu", "status_reason"):
             assert key in t.user_attrs
-        assert t.params == {"variant": r.variant}
+        # the knobs the grid varies, with their values as run, and the seed: not one `variant` categorical
+        assert set(t.params) == {"train.schedule", "optim.lr", "seed"} and t.params["seed"] == r.seed
+        assert t.params["optim.lr"] == r.config["optim"]["lr"]
+        assert t.params["train.schedule"] == r.config["train"]["schedule"]
+        assert t.user_attrs["name"] == f"{r.variant} / seed {r.seed}"
+    assert study.metric_names == ["held-out MLM loss"] and "tokens" in study.user_attrs["intermediate_step"]
     base = by_number[rows["baseline"].optuna_trial_number]
     assert base.state == optuna.trial.TrialState.COMPLETE and math.isclose(base.value, rows["baseline"].eval_loss)
-    assert len(base.intermediate_values) == NUM_RECORDS and min(base.intermediate_values) > 0  # keyed by tokens
+    # held-out loss at the eval marks, keyed by tokens, ending with the objective itself
+    assert len(base.intermediate_values) == NUM_RECORDS and min(base.intermediate_values) > 0
+    assert base.intermediate_values[max(base.intermediate_values)] == base.value
     crash = rows["crashes"]
     crashed = by_number[crash.optuna_trial_number]
     assert crashed.state == optuna.trial.TrialState.FAIL and crashed.user_attrs["status_reason"] == crash.reason
@@ -157,7 +164,7 @@ def test_placement(trials, cpus, gpus, gpt, cap, expected) -> None:
 def test_resume_finishes_optuna_twins_the_store_already_finished(tmp_path: Path) -> None:
     """A kill between the store write and the Optuna write: the store says completed, Optuna RUNNING.
     The resume must finish the twin from the store (not FAIL it, not rerun the trial)."""
-    from sweeps.mirror import OptunaMirror, trial_attrs
+    from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
     from sweeps.runner import _finished_twins
 
     url = f"sqlite:///{tmp_path / 'results.db'}"
@@ -165,8 +172,7 @@ def test_resume_finishes_optuna_twins_the_store_already_finished(tmp_path: Path)
     ledger = Ledger(url)
     sweep_id = ledger.upsert_sweep(resolved, {})
     todo, _ = ledger.plan(sweep_id, resolved.trials(), retry_failed=False)
-    names = [v.name for v in resolved.runnable_variants()]
-    mirror = OptunaMirror(url, "failing", variants=names, attrs={})
+    mirror = OptunaMirror(url, "failing", space=grid_space(resolved), attrs={})
     done_row, cut_row = todo[0][0], todo[1][0]
     for row_id, planned in (todo[0], todo[1]):
         _, number = mirror.start(planned.variant, trial_attrs(variant=planned.variant, seed=0, config_hash="x"))
