@@ -1,11 +1,11 @@
 """SIGKILL a running `python -m sweeps run`, run the same command again: the sweep finishes with every
-(variant, seed) exactly once, stale metric points gone, and no Optuna trial left RUNNING."""
+(variant, seed) exactly once, stale metric points gone, and no Optuna trial left RUNNING; on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from sweeps.definitions import SWEEPS, resolve
 from sweeps.testing import NUM_RECORDS
@@ -20,17 +22,25 @@ from sweeps.testing import NUM_RECORDS
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _counts(db: Path) -> dict[str, int]:
+def _query(url: str, sql: str) -> list:
+    engine = create_engine(url)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return dict(con.execute("select status, count(*) from cram_trials group by status").fetchall())
-    except sqlite3.OperationalError:  # not created yet
+        with engine.connect() as con:
+            return con.execute(text(sql)).fetchall()
+    finally:
+        engine.dispose()
+
+
+def _counts(url: str) -> dict[str, int]:
+    try:
+        return dict(_query(url, "select status, count(*) from cram_trials group by status"))
+    except DBAPIError:  # not created yet
         return {}
 
 
-def _command(db: Path) -> list[str]:
+def _command(url: str) -> list[str]:
     return [sys.executable, "-m", "sweeps", "run", "lr_schedules", "--backend", "sweeps.testing", "--budget", "2s",
-            "--seeds", "1", "--store", str(db)]
+            "--seeds", "1", "--store", url]
 
 
 def _env() -> dict[str, str]:
@@ -38,15 +48,14 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_resumes(tmp_path: Path) -> None:
-    db = tmp_path / "results.db"
+def test_sigkill_then_rerun_resumes(tmp_path: Path, db_url: str) -> None:
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(_command(db), cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(_command(db_url), cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            c = _counts(db)
+            c = _counts(db_url)
             # kill with a trial in flight, so the resume has an interrupted trial to redo
             if c.get("completed", 0) >= 1 and (c.get("running", 0) >= 1 or c.get("completed", 0) >= 3):
                 break
@@ -60,25 +69,24 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
         log.close()
-    at_kill = _counts(db)
+    at_kill = _counts(db_url)
     assert at_kill.get("completed", 0) >= 1 and sum(at_kill.values()) == 11
 
-    second = subprocess.run(_command(db), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    second = subprocess.run(_command(db_url), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     if at_kill.get("running"):
         assert "resuming" in second.stdout
 
     resolved = resolve(SWEEPS["lr_schedules"], preset="tiny", budget="2s", seeds=1)
     planned = {(t.variant, t.seed) for t in resolved.trials()}
-    with sqlite3.connect(db) as con:
-        rows = con.execute("select id, variant, seed, status, optuna_trial_number from cram_trials").fetchall()
-        points = dict(con.execute("select trial_id, count(*) from cram_metrics group by trial_id").fetchall())
+    rows = _query(db_url, "select id, variant, seed, status, optuna_trial_number from cram_trials")
+    points = dict(_query(db_url, "select trial_id, count(*) from cram_metrics group by trial_id"))
     assert sorted((v, s) for _, v, s, _, _ in rows) == sorted(planned)  # each exactly once
     assert all(status == "completed" for _, _, _, status, _ in rows)
     assert all(points.get(trial_id) == NUM_RECORDS for trial_id, *_ in rows)  # stale points removed
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="lr_schedules", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="lr_schedules", storage=db_url)
     states = [t.state for t in study.get_trials()]
     assert optuna.trial.TrialState.RUNNING not in states
     assert states.count(optuna.trial.TrialState.COMPLETE) == len(planned)
