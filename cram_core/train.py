@@ -33,6 +33,12 @@ from cram_core.schedules import batch_size_at, lr_factor, seq_len_at
 MetricsCallback = Callable[[dict[str, Any]], None]
 EVAL_MASK_SEED = 20221229  # every trial is evaluated on the same held-out masks
 EVAL_OBJECTIVE = ObjectiveConfig(mask_rate=0.15, split_80_10_10=True, loss="cross-entropy")
+UNIFORM_MARGIN_NATS = 1.0
+"a loss more than this above ln V (uniform guessing: perplexity e times worse than knowing nothing) diverged"
+LATE_RISE_FACTOR = 1.25
+"a late train loss (last 10% of steps) above this multiple of the first logged one diverged"
+AT_MOST_CROSS_ENTROPY = ("cross-entropy", "focal")
+"train losses that ln V bounds like the held-out loss (focal <= cross-entropy); others have their own scale"
 
 
 @dataclass
@@ -197,6 +203,33 @@ def evaluate(parts: Parts, tokens: np.ndarray, indices: np.ndarray, state: dict[
     return total / count
 
 
+def _late(losses: list[float]) -> list[float]:
+    """The per-step losses of the last 10% of steps (at least one): what `final_loss` averages."""
+    return losses[-max(1, len(losses) // 10):] if losses else []
+
+
+def blow_up_reason(losses: list[float], log_every: int, eval_loss: float, vocab_size: int, *,
+                   train_at_most_ce: bool) -> str | None:
+    """Why a run whose losses stayed finite still diverged, or None.
+
+    The held-out loss is cross-entropy whatever the train objective, so ln V + UNIFORM_MARGIN_NATS bounds it;
+    so does the train loss when ``train_at_most_ce``. Any train loss must also end below LATE_RISE_FACTOR
+    times its first logged value (the mean over the first ``log_every`` steps, near init).
+    """
+    limit = math.log(vocab_size) + UNIFORM_MARGIN_NATS
+    uniform = f"ln V + {UNIFORM_MARGIN_NATS:g} = {limit:.2f} (uniform guessing over {vocab_size} tokens)"
+    if math.isfinite(eval_loss) and eval_loss > limit:
+        return f"held-out loss {eval_loss:.2f} > {uniform}"
+    if not losses:
+        return None
+    late, first = float(np.mean(_late(losses))), float(np.mean(losses[:log_every]))
+    if train_at_most_ce and late > limit:
+        return f"late train loss {late:.2f} > {uniform}"
+    if first > 0 and late > LATE_RISE_FACTOR * first:
+        return f"late train loss {late:.2f} > {LATE_RISE_FACTOR:g} x its first logged value {first:.2f}"
+    return None
+
+
 def split_indices(num_sequences: int, num_eval: int) -> tuple[np.ndarray, np.ndarray]:
     """Evenly spaced held-out sequences (ordering-agnostic); the rest, in order, for training."""
     num_eval = min(num_eval, num_sequences // 10)
@@ -354,9 +387,12 @@ def train(
         eval_loss = evaluate(parts, tokens, eval_idx, averager.averaged_state_dict())
         if not math.isfinite(eval_loss) and len(eval_idx):
             status, reason = "diverged", "non-finite held-out loss"
+        elif (reason := blow_up_reason(losses, cfg.train.log_every, eval_loss, parts.vocab_size,
+                                       train_at_most_ce=cfg.objective.loss in AT_MOST_CROSS_ENTROPY)):
+            status = "diverged"
     eval_s = time.perf_counter() - t_eval
 
-    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    tail = _late(losses)
     peak = hardware.peak_flops(parts.device)
     summary = {
         "status": status,

@@ -172,3 +172,34 @@ def test_summary_seconds_is_the_budget_time_and_excludes_evaluation(tmp_path, mo
     assert on_disk["seconds"] == summary["timings"]["train_s"]
     assert summary["timings"]["eval_s"] >= 1.0 and summary["seconds"] < summary["timings"]["eval_s"]
     assert read_metrics(out)[-1]["seconds"] <= summary["seconds"]
+
+
+def test_finite_blow_up_ends_diverged_with_its_reason(tmp_path):
+    """Regression: optim.lr=1 ended at eval loss ~80 (ln V = 7.62) and was recorded as completed."""
+    summary, out = run(tmp_path, "optim.lr=1")
+    assert summary["status"] == "diverged"
+    assert summary["reason"].startswith("held-out loss") and "ln V + 1 = 8.62" in summary["reason"]
+    assert summary["eval_loss"] > 8.62  # kept for the record; tables only rank completed trials
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_blow_up_reason_rules():
+    from functools import partial
+
+    from cram_core.train import blow_up_reason
+
+    ce = partial(blow_up_reason, log_every=2, vocab_size=2048, train_at_most_ce=True)  # ln V = 7.62, limit 8.62
+    learning = [7.6, 7.5, 7.0, 6.5, 6.2, 6.0, 5.9, 5.9, 5.8, 5.8]
+    assert ce(learning, eval_loss=5.9) is None
+    assert ce([7.6] * 10, eval_loss=7.7) is None  # stuck at uniform is bad, not diverged
+    assert ce(learning, eval_loss=float("nan")) is None  # no held-out set
+    assert ce([], eval_loss=float("nan")) is None
+    assert "held-out loss 9.00 > ln V + 1 = 8.62" in ce(learning, eval_loss=9.0)
+    rose = [7.6, 7.6, 7.8, 8.0, 8.2, 8.4, 8.6, 8.8, 9.0, 9.2]  # above ln V + 1 but < 1.25 x 7.6
+    assert "late train loss 9.20 > ln V + 1" in ce(rose, eval_loss=float("nan"))
+    # a loss on its own scale isn't held to ln V, but a rise over its own start still counts
+    other = partial(blow_up_reason, log_every=2, vocab_size=2048, train_at_most_ce=False)
+    assert other([20.0] * 10, eval_loss=6.0) is None
+    mse = [1.0, 1.0, 0.9, 0.9, 1.2, 1.4, 1.6, 1.8, 1.9, 1.9]
+    assert "1.25 x its first logged value 1.00" in other(mse, eval_loss=6.0)
+    assert other([1.0, 1.0, 0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 1.2], eval_loss=6.0) is None  # 1.2 < 1.25
