@@ -1,5 +1,4 @@
-import sys
-
 from analysis.cli import main
+from cram_core.cli import run_main
 
-sys.exit(main())
+run_main(main)

@@ -4,22 +4,25 @@
     python -m analysis plot NAME [--store URL] [--x tokens|seconds|both] [--out DIR] [--no-dashboard]
     python -m analysis summary [--store URL] [--out DIR]
 
-User mistakes (missing store, unknown sweep) are one line on stderr and exit status 2, like argparse's own
-usage errors; an empty sweep is not a mistake, so it is one line on stdout and status 0.
+User mistakes (missing store, unknown sweep) are one line on stderr (``python -m analysis: error: ...``) and
+exit status 2, like argparse's own usage errors. An empty sweep is not a mistake: status 0, and one line
+saying so (on stdout; for ``--format csv`` on stderr, with a header-only CSV on stdout so a script reading
+the CSV still gets its columns).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cram_core.cli import EXIT_USAGE, OneLineParser
+from cram_core.cli import OneLineParser
 from sweeps.store import DEFAULT_STORE, StoreError
 
 from analysis import tables
-from analysis.load import load_sweep, normalize_url
+from analysis.load import SweepFrames, load_sweep, normalize_url
 
 # matplotlib and optuna are imported by the commands that need them: `table` stays quick to start, which
 # matters when a script calls it per sweep
@@ -32,16 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     store_help = f"SQLAlchemy URL or SQLite file path (default {DEFAULT_STORE})"
 
     table = sub.add_parser("table", help="one sweep's variants against its baseline")
-    table.add_argument("sweep", metavar="NAME")
+    table.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
     table.add_argument("--store", default=DEFAULT_STORE, help=store_help)
-    table.add_argument("--format", choices=tables.FORMATS, default="md")
+    table.add_argument("--format", choices=tables.FORMATS, default="md", help="markdown, CSV (raw numbers) or LaTeX")
     table.add_argument("--kind", choices=tables.KINDS, default="auto",
                        help="auto: per-variant table, plus the Table 5 form for group_ablation; groups: Table 5 form")
 
     plot = sub.add_parser("plot", help="loss curves (with LR / batch panel) and throughput, PNG + SVG")
-    plot.add_argument("sweep", metavar="NAME")
+    plot.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
     plot.add_argument("--store", default=DEFAULT_STORE, help=store_help)
-    plot.add_argument("--x", choices=("tokens", "seconds", "both"), default="tokens")
+    plot.add_argument("--x", choices=("tokens", "seconds", "both"), default="tokens",
+                      help="x axis of the loss curves: tokens seen or training seconds")
     plot.add_argument("--out", type=Path, default=None, help="output folder (default ./plots/NAME/)")
     plot.add_argument("--no-dashboard", action="store_true", help="do not attach a note to the Optuna study")
 
@@ -52,7 +56,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(args: argparse.Namespace) -> None:
+    if args.format == "csv":
+        frames = load_sweep(args.store, args.sweep)
+        message = tables.empty_message(frames)
+        if message is not None:
+            print(message, file=sys.stderr)
+            print(_csv_header(frames), end="")
+            return
     print(tables.sweep_table(args.store, args.sweep, fmt=args.format, kind=args.kind))
+
+
+def _csv_header(frames: SweepFrames) -> str:
+    """The header line the CSV of this sweep has once it has results: the columns of its summary. A sweep
+    with no trial rows at all is summarised as if it had one planned baseline trial, to get them."""
+    if frames.trials.empty:
+        frames = dataclasses.replace(frames, trials=frames.trials.reindex([0]).assign(variant="baseline",
+                                                                                     status="planned"))
+    table = tables.tables_for(frames, "csv")[0]
+    return tables.to_csv(dataclasses.replace(table, raw=table.raw.iloc[:0]))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -93,11 +114,11 @@ COMMANDS = {"table": _table, "plot": _plot, "summary": _summary}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     args.store = normalize_url(args.store)
     try:
         COMMANDS[args.command](args)
-    except StoreError as e:  # includes UnknownSweepError, whose message lists the valid names
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except StoreError as e:  # includes UnknownSweepError, whose message names the valid names
+        return parser.fail(e)
     return 0

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from cram_core.cli import unknown_name
 from sweeps.store import METRIC_FIELDS, EvalRow, MetricRow, StoreError, SweepRow, TrialRow, make_engine
 
 TRIAL_FIELDS = ("variant", "seed", "is_baseline", "status", "reason", "final_loss", "eval_loss", "tokens",
@@ -87,8 +88,9 @@ def _sweep_row(conn: Any, name: str) -> Any:
     row = conn.execute(select(SweepRow.id, SweepRow.definition).where(SweepRow.name == name)).first()
     if row is None:
         names = list(conn.scalars(select(SweepRow.name).order_by(SweepRow.created_at, SweepRow.id)))
-        valid = ", ".join(names) if names else "(none: the store has no sweeps yet)"
-        raise UnknownSweepError(f"unknown sweep {name!r}; sweeps in this store: {valid}")
+        if not names:
+            raise UnknownSweepError(f"unknown sweep {name!r}; the store has no sweeps yet")
+        raise UnknownSweepError(f"{unknown_name('sweep', name, names)} (in this store)")
     return row
 
 

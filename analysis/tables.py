@@ -25,6 +25,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.load import SweepFrames, Store, load_sweep, sweep_names, using_store
+from sweeps.live import format_count
 
 FORMATS = ("md", "csv", "latex")
 KINDS = ("auto", "variants", "groups")
@@ -229,12 +230,7 @@ def fmt_p(p: float, testable: bool) -> str:
 
 
 def fmt_count(x: float) -> str:
-    if _is_nan(x):
-        return "—"
-    for threshold, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= threshold:
-            return f"{x / threshold:.3g}{suffix}"
-    return f"{x:.3g}"
+    return format_count(x)  # one format for `sweeps status`, the live view and these tables
 
 
 def fmt_pct(x: float) -> str:

@@ -1,5 +1,4 @@
-import sys
-
+from cram_core.cli import run_main
 from cram_core.train import main
 
-sys.exit(main())
+run_main(main)

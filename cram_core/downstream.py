@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cram_core.checkpoint import load_model_weights
-from cram_core.cli import OneLineParser, positive_int
+from cram_core.cli import OneLineParser, positive_int, run_main, unknown_name
 from cram_core.config import ConfigError, RunConfig
 from cram_core.model import build_model
 
@@ -248,8 +248,9 @@ def load_task(task_dir: str | Path, *, max_train: int | None = None, max_dev: in
     return Task(str(meta.get("name") or task_dir.name), fields, label_names, metric, splits["train"], splits["dev"])
 
 
-def resolve_data_root(data_root: str | Path | None = None) -> Path:
-    """Explicit argument, else $CRAM_EVAL_DATA, else ../shared/data/eval from the cwd or from the checkout."""
+def resolve_data_root(data_root: str | Path | None = None, *, flag: str = "--data-root") -> Path:
+    """Explicit argument, else $CRAM_EVAL_DATA, else ../shared/data/eval from the cwd or from the checkout.
+    `flag` is the option that sets it in the calling CLI (named in the error)."""
     if data_root is not None:
         candidates = [Path(data_root)]
     elif os.environ.get(DATA_ROOT_ENV):
@@ -261,7 +262,7 @@ def resolve_data_root(data_root: str | Path | None = None) -> Path:
         if path.is_dir():
             return path
     raise DownstreamError(f"eval data root not found (tried {', '.join(map(str, candidates))}); "
-                          f"pass --data-root or set {DATA_ROOT_ENV}")
+                          f"pass {flag} DIR or set {DATA_ROOT_ENV}")
 
 
 def list_tasks(data_root: str | Path) -> list[str]:
@@ -558,7 +559,7 @@ def evaluate_run(run_dir: str | Path, tasks: Sequence[str], *, data_root: str | 
     available = list_tasks(root)
     unknown = [t for t in names if t not in available]
     if unknown:
-        raise DownstreamError(f"unknown task(s) {', '.join(unknown)}; tasks in {root}: {', '.join(available) or 'none'}")
+        raise DownstreamError(f"{unknown_name('task', unknown[0], available)} (tasks in {root})")
     resolve_device(device)
     loaded = [load_task(root / name, max_train=max_train, max_dev=max_dev) for name in names]
 
@@ -631,11 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            print(f"error: --json {args.json}: {e.strerror}", file=sys.stderr)
-            return 2
+            return parser.fail(f"--json {args.json}: {e.strerror}")
     if args.threads < 0:
-        print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
-        return 2
+        return parser.fail(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -647,8 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                                device=args.device, batch_size=args.batch_size, lr=args.lr,
                                weights=args.weights, log=log)
     except DownstreamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return parser.fail(e)
     summary = summarize(results)
     print(_format_table(results, summary))
     if args.json:
@@ -665,4 +663,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

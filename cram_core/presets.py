@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+from cram_core.cli import unknown_name
 from cram_core.config import (
     BudgetConfig,
     ConfigError,
@@ -99,5 +100,5 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+        raise ConfigError(unknown_name("preset", name, PRESETS))
     return PRESETS[name]()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from cram_core import checkpoint as ckpt
 from cram_core import hardware, rng
 from cram_core.averaging import WeightAverager
 from cram_core.budget import BudgetClock
-from cram_core.cli import OneLineParser
+from cram_core.cli import OneLineParser, run_main
 from cram_core.config import ConfigError, ObjectiveConfig, RunConfig, apply_overrides, list_flags
 from cram_core.model import build_model, training_flops_per_sequence
 from cram_core.objective import MLMObjective
@@ -460,20 +459,20 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: tiny on CPU, crammed-bert-short on CUDA)")
     parser.add_argument("--out", default=None, help="write metrics.jsonl, summary.json, model + tokenizer here")
     parser.add_argument("--resume", default=None, help="checkpoint folder to continue from")
-    parser.add_argument("--list-flags", action="store_true", help="print every flag with type, default and meaning")
+    parser.add_argument("--list-flags", action="store_true", help="print every flag with type, default and meaning "
+                        "(defaults: the --preset's when given, else the crammed-bert recipe's)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    if args.list_flags:
-        print("\n".join(list_flags()))
-        return 0
     try:
+        if args.list_flags:  # with --preset, the defaults shown are that preset's
+            print("\n".join(list_flags(parse_config(args.preset, []) if args.preset else None)))
+            return 0
         cfg = parse_config(args.preset, args.overrides)
         if args.resume:  # other flags than the checkpoint's: one line, before any data or --out is touched
             ckpt.check_resumable(Path(args.resume), cfg)
         summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return parser.fail(e)
     _print_summary(summary, args.out)
     return 0 if summary["status"] == "completed" else 1
 
@@ -497,4 +496,4 @@ def _print_summary(s: dict[str, Any], out: str | None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

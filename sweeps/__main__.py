@@ -1,3 +1,4 @@
+from cram_core.cli import run_main
 from sweeps.cli import main
 
-raise SystemExit(main())
+run_main(main)

@@ -1,23 +1,31 @@
 """``python -m sweeps list | show NAME | run NAME | status [NAME] | dashboard``.
 
-Every user mistake (unknown sweep, bad override or budget, missing store) is one line on stderr and exit
-code 2, found before the store is opened or created.
+Every user mistake (unknown sweep, bad override or budget, missing store) is one line on stderr
+(``python -m sweeps: error: ...``) and exit code 2, found before the store is opened or created.
+
+Besides the built-in sweeps (sweeps.definitions), `show` and `run` take an ad-hoc grid
+(``--name NAME --vary group.field=v1,v2 ...``) and every command takes ``--sweeps-file FILE`` of
+``Sweep(...)`` definitions (sweeps.adhoc); the store keeps each grid's definition, so resuming one needs
+neither again.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from cram_core.cli import OneLineParser, positive_int
 from cram_core.config import ConfigError
-from cram_core.cli import EXIT_USAGE, OneLineParser, positive_int
-from sweeps.definitions import SWEEPS, ResolvedSweep, get_sweep, resolve
+from sweeps.adhoc import find_sweep, grid_sweep, load_sweeps_file, stored_definitions, sweep_from_definition
+from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve
 from sweeps.store import DEFAULT_STORE, StoreError, store_url
 
+PROG = "python -m sweeps"
 
 
 def _console() -> Console:
@@ -26,23 +34,37 @@ def _console() -> Console:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m sweeps", description="Fixed-budget ablation sweeps (Ray Tune + Optuna).")
+    p = OneLineParser(prog=PROG, description="Fixed-budget ablation sweeps (Ray Tune + Optuna).")
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,show,run,status,dashboard}")
+    store_help = "SQLAlchemy URL or SQLite file"
+    file_help = "also read the Sweep(...) definitions in this Python file (default: none)"
 
-    sub.add_parser("list", help="every sweep: axis, variant count, trial count").set_defaults(func=cmd_list)
+    ls = sub.add_parser("list", help="every sweep: axis, variant count, trial count")
+    ls.add_argument("--sweeps-file", metavar="FILE", help=file_help)
+    ls.add_argument("--store", default=DEFAULT_STORE, help=f"{store_help}, for the ad-hoc sweeps stored there")
+    ls.set_defaults(func=cmd_list)
 
     def add_resolution_flags(q: argparse.ArgumentParser) -> None:
-        q.add_argument("name", help="sweep name (see list)")
-        q.add_argument("--preset", help="baseline preset (default: tiny without CUDA, crammed-bert-short with)")
-        q.add_argument("--budget", help="per-trial budget: 90s, 10m, 1h, 50Mtok, 2e17flop (default: the preset's)")
-        q.add_argument("--seeds", type=int, help="seeds per variant (grid sweeps)")
-        q.add_argument("--trials", type=int, help="number of TPE samples (search sweeps)")
+        q.add_argument("name", nargs="?", help="sweep name (see list); or give --name with --vary")
+        q.add_argument("--name", dest="new_name", metavar="NAME",
+                       help="name of an ad-hoc grid sweep made of the --vary axes (default: none)")
+        q.add_argument("--vary", action="append", default=[], metavar="GROUP.FIELD=V1,V2,...",
+                       help="one axis of the ad-hoc grid, repeatable; the grid is every combination, against "
+                            "the preset as baseline (values containing ',' are separated by ';')")
+        q.add_argument("--sweeps-file", metavar="FILE", help=file_help)
+        q.add_argument("--preset", help="baseline preset (default: tiny without CUDA, crammed-bert-short with; "
+                                        "a stored ad-hoc sweep: the one it was run with)")
+        q.add_argument("--budget", help="per-trial budget: 90s, 10m, 1h, 50Mtok, 2e17flop (default: the sweep's "
+                                        "for this preset, else the preset's)")
+        q.add_argument("--seeds", type=int, help="seeds per variant, grid sweeps (default: the sweep's, 2 for --vary)")
+        q.add_argument("--trials", type=int, help="number of TPE samples, search sweeps (default: the sweep's)")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.FIELD=VALUE",
-                       help="override the baseline of every variant (repeatable)")
+                       help="override the baseline of every variant, repeatable (default: none)")
         # downstream flags default to None so that one given without --downstream can be told apart (an error)
         q.add_argument("--downstream", metavar="TASKS",
                        help="fine-tune every completed trial on these eval tasks (comma list, e.g. rt-polarity,sva), "
-                            "after training and outside the budget; the table gets a column per task")
+                            "after training and outside the budget; the table gets a column per task "
+                            "(default: none)")
         q.add_argument("--downstream-seeds", type=positive_int, metavar="N",
                        help="fine-tuning seeds per task (default 1; the protocol reports the median of 5)")
         q.add_argument("--downstream-epochs", type=positive_int, metavar="E", help="fine-tuning epochs (default 5)")
@@ -55,14 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="baseline preset, variants with overrides, budget, seeds")
     add_resolution_flags(show)
+    show.add_argument("--store", default=DEFAULT_STORE, help=f"{store_help}, for the ad-hoc sweeps stored there")
     show.set_defaults(func=cmd_show)
 
     run = sub.add_parser("run", help="run (or resume) a sweep")
     add_resolution_flags(run)
-    run.add_argument("--store", default=DEFAULT_STORE, help=f"SQLAlchemy URL or SQLite file (default {DEFAULT_STORE})")
+    run.add_argument("--store", default=DEFAULT_STORE, help=store_help)
     run.add_argument("--address", help="address of an existing Ray cluster (default: start Ray locally)")
     run.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default 1 with GPUs, else 0)")
-    run.add_argument("--max-concurrent", type=int, help="at most this many trials at a time")
+    run.add_argument("--max-concurrent", type=int, help="at most this many trials at a time (default: as many "
+                                                        "as the GPUs, or the CPU cores, hold)")
     run.add_argument("--retry-failed", action="store_true", help="rerun trials recorded as failed (crashed)")
     run.add_argument("--keep-models", metavar="DIR",
                      help="keep each trial's trained model in DIR/<sweep>/<variant>-seed<k>/ (default: not kept)")
@@ -72,48 +96,81 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="progress of running / finished sweeps")
     status.add_argument("name", nargs="?", help="one sweep in detail (default: all sweeps in the store)")
-    status.add_argument("--store", default=DEFAULT_STORE, help=f"store URL or SQLite file (default {DEFAULT_STORE})")
+    status.add_argument("--store", default=DEFAULT_STORE, help=store_help)
     status.set_defaults(func=cmd_status)
 
     dash = sub.add_parser("dashboard", help="optuna-dashboard on the store, bound to 127.0.0.1")
-    dash.add_argument("--port", type=int, default=8080)
-    dash.add_argument("--store", default=DEFAULT_STORE, help=f"store URL or SQLite file (default {DEFAULT_STORE})")
+    dash.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1")
+    dash.add_argument("--store", default=DEFAULT_STORE, help=store_help)
     dash.set_defaults(func=cmd_dashboard)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, StoreError) as e:
-        print(f"sweeps: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return parser.fail(e)
     except KeyboardInterrupt:
-        print("sweeps: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 
 # ---------------------------------------------------------------- list / show
 
 
+def _file_sweeps(args: argparse.Namespace) -> dict[str, Sweep]:
+    return load_sweeps_file(args.sweeps_file) if args.sweeps_file else {}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    file_sweeps = _file_sweeps(args)
+    stored = {name: (s, d) for name, d in stored_definitions(store_url(args.store)).items()
+              if name not in SWEEPS and name not in file_sweeps and (s := sweep_from_definition(name, d))}
     rows = [("sweep", "section", "variants", "trials", "default budget", "axis")]
-    for s in SWEEPS.values():
+    for s in [*SWEEPS.values(), *file_sweeps.values()]:
         variants = f"TPE {s.num_trials}" if s.is_search else str(s.num_variants())
         trials = f"{s.num_trials}" if s.is_search else f"{s.trial_count()} ({s.seeds} seeds)"
         budget = ", ".join(f"{b} on {p}" for p, b in s.budgets.items()) or "the preset's"
         rows.append((s.name, s.section, variants, trials, budget, s.axis))
+    for name, (s, d) in stored.items():  # as they were run: the preset and budget are the stored ones
+        budget = f"{(d.get('budget') or {}).get('text', '?')} on {d.get('preset', '?')} (stored)"
+        rows.append((name, s.section, str(s.num_variants()), f"{s.trial_count()} ({s.seeds} seeds)", budget, s.axis))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:  # plain aligned text: greppable, and never wrapped into a narrow table
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    print("\npython -m sweeps show NAME: baseline, variants and their overrides, budget, seeds")
+    print(f"\n{PROG} show NAME: baseline, variants and their overrides, budget, seeds")
+    print(f"{PROG} run --name NAME --vary group.field=v1,v2 ...: your own grid; --sweeps-file FILE: your own Sweep(...)s")
     return 0
 
 
 def _resolve(args: argparse.Namespace) -> ResolvedSweep:
-    return resolve(get_sweep(args.name), preset=args.preset, budget=args.budget, seeds=args.seeds,
-                   num_trials=args.trials, overrides=args.overrides)
+    """The sweep the command names, resolved on its preset; every mistake is a ConfigError (one line)."""
+    if args.new_name and args.name:
+        raise ConfigError(f"give a sweep name ({args.name!r}) or --name NAME with --vary, not both")
+    if args.vary and not args.new_name:
+        raise ConfigError("--vary needs --name NAME (the ad-hoc sweep's name)")
+    if not args.new_name and not args.name:
+        raise ConfigError("which sweep? give its name (python -m sweeps list), or --name NAME --vary ...")
+    preset, budget, seeds, overrides = args.preset, args.budget, args.seeds, list(args.overrides)
+    file_sweeps, stored = _file_sweeps(args), None
+    if args.new_name:
+        if args.new_name in file_sweeps:
+            raise ConfigError(f"--name {args.new_name!r} is also a sweep in {args.sweeps_file}; pick another name")
+        sweep = grid_sweep(args.new_name, args.vary)
+    else:
+        sweep, stored = find_sweep(args.name, file_sweeps=file_sweeps, store=store_url(args.store))
+    if stored is not None and preset is None and budget is None and not overrides:
+        # a stored ad-hoc sweep resumes as it was run: same preset, budget and --set overrides
+        preset, overrides = stored.get("preset"), list(stored.get("base_overrides") or [])
+    resolved = resolve(sweep, preset=preset, budget=budget, seeds=seeds, num_trials=args.trials,
+                       overrides=overrides)
+    if stored is not None and resolved.base.hash() == stored.get("base_config_hash"):
+        resolved = dataclasses.replace(resolved, budget_text=(stored.get("budget") or {}).get("text",
+                                                                                             resolved.budget_text))
+    return resolved
 
 
 DOWNSTREAM_FLAGS = ("downstream_seeds", "downstream_epochs", "downstream_max_train", "downstream_max_dev",
@@ -227,15 +284,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.best:
         console.print(f"best: {result.best[0]} (seed {result.best[1]}) loss {result.best[2]:.4f}")
     _print_table(url, result.name, console)
+    store_arg = "" if url == store_url(DEFAULT_STORE) else f" --store {url}"
     console.print(f"results: store {url} (sweep {result.name!r}, Optuna study {result.name!r})")
-    console.print(f"  python -m sweeps status {result.name} --store {url}")
-    console.print(f"  python -m sweeps dashboard --store {url}")
-    console.print(f"  python -m analysis table {result.name} --store {url}")
+    for command, what in ((f"{PROG} status {result.name}", "every trial, with status and reason"),
+                          (f"{PROG} dashboard", "the Optuna dashboard on this store"),
+                          (f"python -m analysis table {result.name}", "this table as md, csv or latex"),
+                          (f"python -m analysis plot {result.name}", "loss curves and throughput, PNG + SVG"),
+                          (f"python -m analysis report {result.name}", "one shareable HTML file: table, figures, "
+                                                                       "config diffs, provenance")):
+        console.print(f"  {command}{store_arg}  [dim]# {what}[/]", highlight=False)
     if not result.complete:
         console.print("[yellow]sweep incomplete: run the same command again to resume[/]")
         return 1
     if counts["failed"]:  # recorded and the sweep went on, but a script should notice
-        console.print(f"[yellow]{counts['failed']} trial(s) failed: `python -m sweeps status {result.name}` "
+        console.print(f"[yellow]{counts['failed']} trial(s) failed: `{PROG} status {result.name}` "
                       "shows why; add --retry-failed to rerun them[/]")
         return 1
     return 0
@@ -251,15 +313,46 @@ def _check_sources(resolved: ResolvedSweep) -> None:
 
 
 def _print_table(url: str, name: str, console: Console) -> None:
+    """The what-worked table (analysis.tables) as a rich table, its caption under it."""
     try:
-        from analysis.tables import sweep_table
+        from analysis.load import load_sweep
+        from analysis.tables import empty_message, tables_for
     except ImportError as e:
-        console.print(f"(no what-worked table: analysis.tables is not available here: {e})")
+        console.print(f"(no what-worked table: analysis is not available here: {e})")
         return
     try:
-        print(sweep_table(url, name, fmt="md"))
+        frames = load_sweep(url, name)
+        message = empty_message(frames)
+        if message is not None:
+            console.print(message)
+            return
+        for t in tables_for(frames, "md"):
+            console.print(rich_table(t.display, t.caption))
     except Exception as e:  # the sweep's results are stored either way; the table is a view of them
         console.print(f"[red](what-worked table failed: {type(e).__name__}: {e})[/]")
+
+
+TEXT_COLUMNS = ("variant", "verdict", "group", "runs ok/div/fail", "reason", "status")
+"left-aligned; every other column holds numbers and is right-aligned, as in the markdown table"
+
+
+def rich_table(display: Any, caption: str | None = None) -> Table:
+    """A formatted DataFrame (strings) as a rich table: the variant column bold, verdicts coloured."""
+    table = Table(caption=caption, caption_justify="left", header_style="bold", box=None, padding=(0, 1),
+                  show_edge=False)
+    for col in display.columns:
+        table.add_column(str(col), justify="left" if col in TEXT_COLUMNS else "right",
+                         style="bold" if col == "variant" else None, overflow="fold")
+    colours = {"helped": "green", "hurt": "red", "diverged": "yellow"}
+    for row in display.itertuples(index=False):
+        cells = [str(c) for c in row]
+        if "verdict" in display.columns:
+            i = list(display.columns).index("verdict")
+            colour = next((c for word, c in colours.items() if cells[i].startswith(word)), None)
+            if colour:
+                cells[i] = f"[{colour}]{cells[i]}[/]"
+        table.add_row(*cells)
+    return table
 
 
 # ---------------------------------------------------------------- status / dashboard
@@ -267,7 +360,7 @@ def _print_table(url: str, name: str, console: Console) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.ledger import Ledger
-    from sweeps.live import format_seconds
+    from sweeps.live import format_loss, format_seconds
 
     ledger = Ledger(store_url(args.store), create=False)
     try:
@@ -280,7 +373,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             assert p is not None
             concurrency = (p.definition.get("placement") or {}).get("concurrency", 1)
             c = p.counts
-            best = f"{p.best[0]} (seed {p.best[1]}) {p.best[2]:.4f}" if p.best else "-"
+            best = f"{p.best[0]} (seed {p.best[1]}) {format_loss(p.best[2])}" if p.best else "-"
             if c["running"]:
                 eta = format_seconds(p.eta_seconds(concurrency))
             elif c["planned"]:  # nothing running: the sweep was stopped; this is what a rerun needs
@@ -310,6 +403,7 @@ def _print_trials(ledger: Any, name: str, console: Console) -> None:
     from sqlalchemy import select
 
     from sweeps.ledger import objective
+    from sweeps.live import format_count, format_loss
     from sweeps.store import SweepRow, TrialRow
     from sweeps.trial import downstream_scores
 
@@ -322,14 +416,14 @@ def _print_trials(ledger: Any, name: str, console: Console) -> None:
 
     rows, with_downstream = ledger._read(op)
     table = Table(box=None, padding=(0, 2), header_style="bold")
-    columns = ["variant", "seed", "status", "loss", "tokens", "tok/s"]
+    columns = ["variant", "seed", "status", "loss", "tokens", "tokens/s"]  # the names and numbers of the tables
     columns += ["downstream"] if with_downstream else []
     for col in columns + ["reason"]:
         table.add_column(col)
     for r in rows:
         value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
-        cells = [r.variant, str(r.seed), r.status, f"{value:.4f}" if value is not None else "-",
-                 f"{r.tokens:.3g}" if r.tokens else "-", f"{r.tokens_per_second:.0f}" if r.tokens_per_second else "-"]
+        cells = [r.variant, str(r.seed), r.status, format_loss(value), format_count(r.tokens),
+                 format_count(r.tokens_per_second)]
         if with_downstream:
             # the mean over tasks of the median over fine-tuning seeds, as the dashboard's downstream_avg
             scores = downstream_scores((r.summary or {}).get("evals") or [])

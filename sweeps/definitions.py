@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, RunConfig, apply_overrides
 from cram_core.presets import PRESETS, bert_base, crammed_bert, get_preset
 
@@ -153,7 +154,16 @@ class ResolvedSweep:
             "seeds": list(self.seeds),
             "num_trials": self.num_trials,
             "variants": {v.name: v.shown for v in self.variants if v.same_as is None},
+            "spec": self.spec(),
         }
+
+    def spec(self) -> dict[str, Any] | None:
+        """What rebuilds this grid sweep from the store alone (sweeps.adhoc.sweep_from_definition): every
+        variant's overrides as resolved on this baseline. None for a search (its space is code)."""
+        if self.sweep.is_search:
+            return None
+        return {"section": self.sweep.section, "axis": self.sweep.axis, "note": self.sweep.note,
+                "variants": {v.name: v.overrides for v in self.variants if v.name != BASELINE}}
 
 
 def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
@@ -619,7 +629,7 @@ SWEEPS: dict[str, Sweep] = {s.name: s for s in _SWEEP_LIST}
 
 def get_sweep(name: str) -> Sweep:
     if name not in SWEEPS:
-        raise ConfigError(f"unknown sweep {name!r}; valid: {', '.join(SWEEPS)}")
+        raise ConfigError(unknown_name("sweep", name, SWEEPS, listed="python -m sweeps list"))
     return SWEEPS[name]
 
 

@@ -1,13 +1,43 @@
-"""Live progress of a running sweep: one line per finished trial, plus a status line (rich, on a terminal)."""
+"""Live progress of a running sweep: one line per finished trial, and (on a terminal) a live panel of the
+running trials (variant, seed, progress p, current loss) under a status line.
+
+The number formats here (`format_loss`, `format_count`) are the ones the analysis tables print, so `status`,
+the live lines and the what-worked table read the same.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
+
+MISSING = "—"
+
+
+def _missing(x: float | None) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def format_loss(x: float | None) -> str:
+    """A loss as every table prints it: three decimals."""
+    return MISSING if _missing(x) else f"{x:.3f}"
+
+
+def format_count(x: float | None) -> str:
+    """Tokens, tokens/s: three significant figures with a k/M/G/T suffix (``11.4k``)."""
+    if _missing(x):
+        return MISSING
+    for threshold, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= threshold:
+            return f"{x / threshold:.3g}{suffix}"
+    return f"{x:.3g}"
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -19,12 +49,28 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+@dataclass
+class RunningTrial:
+    variant: str
+    seed: int
+    started: float
+    progress: float = 0.0
+    "budget fraction p of the latest metric record"
+    loss: float | None = None
+    "train loss of the latest metric record"
+    tokens: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} (seed {self.seed})"
+
+
 class LiveProgress:
     def __init__(self, name: str, *, total: int, already_done: int, concurrency: int, console: Console,
                  estimate_trial_s: float | None):
         self.name, self.total, self.concurrency, self.console = name, total, concurrency, console
         self.done, self.failed, self.diverged = already_done, 0, 0
-        self.running: dict[str, tuple[str, float]] = {}
+        self.running: dict[str, RunningTrial] = {}
         self.best: tuple[str, int, float] | None = None
         self.durations: list[float] = []
         self.estimate_trial_s = estimate_trial_s
@@ -33,7 +79,7 @@ class LiveProgress:
 
     def __enter__(self) -> LiveProgress:
         if self.console.is_terminal:
-            self._live = Live(console=self.console, get_renderable=self.status_line, refresh_per_second=2,
+            self._live = Live(console=self.console, get_renderable=self.panel, refresh_per_second=2,
                               transient=True)
             self._live.start()
         return self
@@ -42,14 +88,25 @@ class LiveProgress:
         if self._live is not None:
             self._live.stop()
 
-    def trial_started(self, key: str, label: str) -> None:
-        self.running[key] = (label, time.monotonic())
+    def trial_started(self, key: str, *, variant: str, seed: int) -> None:
+        self.running[key] = RunningTrial(variant, seed, time.monotonic())
+
+    def trial_metrics(self, key: str, records: list[dict[str, Any]]) -> None:
+        """The latest of a batch of the trainer's metric records: where the trial is and its loss."""
+        t = self.running.get(key)
+        if t is None or not records:
+            return
+        last = records[-1]
+        t.progress = float(last.get("progress") or t.progress)
+        loss = last.get("loss")
+        t.loss = float(loss) if isinstance(loss, (int, float)) else None
+        t.tokens = last.get("tokens", t.tokens)
 
     def trial_finished(self, key: str, *, status: str, value: float | None, reason: str | None,
                        variant: str, seed: int, note: str | None = None) -> None:
         """`note`: appended to a completed trial's line (its downstream scores, or why it has none)."""
-        label, t0 = self.running.pop(key, (f"{variant} (seed {seed})", time.monotonic()))
-        wall = time.monotonic() - t0
+        t = self.running.pop(key, None) or RunningTrial(variant, seed, time.monotonic())
+        wall = time.monotonic() - t.started
         self.done += 1
         if status == "completed":
             self.durations.append(wall)
@@ -57,11 +114,11 @@ class LiveProgress:
         self.diverged += status == "diverged"
         if value is not None and (self.best is None or value < self.best[2]):
             self.best = (variant, seed, value)
-        result = f"loss {value:.4f}" if value is not None else status + (f": {reason}" if reason else "")
+        result = f"loss {format_loss(value)}" if value is not None else status + (f": {reason}" if reason else "")
         if note and value is not None:
             result += f" | {note}"
         style = {"completed": "green", "diverged": "yellow"}.get(status, "red")
-        line = Text.assemble((f"[{self.done}/{self.total}] ", "dim"), (label, "bold"), "  ", (result, style),
+        line = Text.assemble((f"[{self.done}/{self.total}] ", "dim"), (t.label, "bold"), "  ", (result, style),
                              (f"  ({format_seconds(wall)})", "dim"))
         self.console.print(line)
         if self._live is None:
@@ -73,13 +130,31 @@ class LiveProgress:
             return None
         now = time.monotonic()
         queued = self.total - self.done - len(self.running)
-        left_running = sum(max(0.0, mean - (now - t0)) for _, t0 in self.running.values())
+        left_running = sum(max(0.0, mean - (now - t.started)) for t in self.running.values())
         return (max(0, queued) * mean + left_running) / max(1, self.concurrency)
 
     def status_line(self) -> Text:
-        best = f"{self.best[0]} (seed {self.best[1]}) {self.best[2]:.4f}" if self.best else "-"
+        best = f"{self.best[0]} (seed {self.best[1]}) {format_loss(self.best[2])}" if self.best else MISSING
         return Text(
             f"{self.name}: {self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed, "
             f"{self.diverged} diverged | best {best} | elapsed {format_seconds(time.monotonic() - self.started)}"
             f", ETA {format_seconds(self.eta_seconds())}"
         )
+
+    def running_table(self) -> Table:
+        """One row per running trial: variant, seed, a bar of p, current train loss, tokens, time so far."""
+        table = Table(box=None, padding=(0, 1), header_style="bold dim", show_edge=False)
+        for col, justify in (("running", "left"), ("seed", "right"), ("p", "left"), ("", "right"),
+                             ("loss", "right"), ("tokens", "right"), ("time", "right")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        now = time.monotonic()
+        for t in sorted(self.running.values(), key=lambda t: t.started):
+            table.add_row(t.variant, str(t.seed), ProgressBar(total=1.0, completed=t.progress, width=20),
+                          f"{t.progress:.0%}", format_loss(t.loss), format_count(t.tokens),
+                          format_seconds(now - t.started))
+        return table
+
+    def panel(self) -> Group:
+        if not self.running:
+            return Group(self.status_line())
+        return Group(self.running_table(), self.status_line())

@@ -32,9 +32,10 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
 from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_overrides, with_seed
-from sweeps.ledger import Ledger
+from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
 from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
@@ -76,12 +77,11 @@ def downstream_spec(tasks: str | list[str], *, seeds: int = 1, epochs: int = 5, 
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     try:
-        root = resolve_data_root(data_root).resolve()
+        root = resolve_data_root(data_root, flag="--downstream-data").resolve()
         available = list_tasks(root)
         unknown = [t for t in names if t not in available]
         if unknown:
-            raise ConfigError(f"unknown downstream task(s) {', '.join(unknown)}; tasks in {root}: "
-                              f"{', '.join(available) or 'none'}")
+            raise ConfigError(f"{unknown_name('downstream task', unknown[0], available)} (tasks in {root})")
         for name in names:
             load_task(root / name, max_train=max_train, max_dev=max_dev)
     except DownstreamError as e:
@@ -178,7 +178,7 @@ class _Driver:
         self.ledger.start(row_id, optuna_number=number, git=self.git, budget=budget)
         self.active[trial.trial_id] = {"row": row_id, "optuna": optuna_id, "variant": variant, "seed": seed,
                                        "hash": h, "summarised": False}
-        self.progress.trial_started(trial.trial_id, f"{variant} (seed {seed})")
+        self.progress.trial_started(trial.trial_id, variant=variant, seed=seed)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         t = self.active.get(trial.trial_id)
@@ -187,6 +187,7 @@ class _Driver:
         if result.get("kind") == "metrics":
             self.ledger.add_metrics(t["row"], result["records"])
             self.mirror.report(t["optuna"], result["records"])
+            self.progress.trial_metrics(trial.trial_id, result["records"])
         elif result.get("kind") == "summary":
             self._finish(trial.trial_id, result["summary"])
 
@@ -338,7 +339,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     started_ray, stopped, sweep_id = False, 0, None
     try:
         ledger.check_compatible(resolved, opts.downstream)
-        ledger.check_not_running(resolved.name)
+        ledger.claim(resolved.name)  # atomic: of two drivers racing here, one gets SweepBusy
         if opts.address:
             started_ray = start_ray(opts.address)
             cpus, gpus = cluster_resources()

@@ -1,16 +1,15 @@
 """``python -m cram_core.data prepare [--preset NAME] [--no-progress] [data.FIELD=VALUE ...]``
 
 Builds (or finds in the cache) the prepared dataset and prints its statistics. A bad flag or bad
-input is one ``error: ...`` line on stderr and exit code 2.
+input is one ``python -m cram_core.data: error: ...`` line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 from cram_core.config import ConfigError, RunConfig, apply_overrides
-from cram_core.cli import OneLineParser
+from cram_core.cli import OneLineParser, run_main
 from cram_core.data.pipeline import PreparedData, prepare
 
 
@@ -27,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config(args.preset, args.overrides)
         prepared = prepare(cfg.data, progress=not args.no_progress)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return parser.fail(e)
     print(report(prepared, time.perf_counter() - start))
     return 0
 
@@ -70,4 +68,4 @@ def report(prepared: PreparedData, seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -124,7 +124,12 @@ def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) 
     from cram_core.data.filters import apply_filters
     from cram_core.data.sources import read_documents
 
-    clock = _PhaseClock()
+    clock = _PhaseClock(["read", "filter", "tokenizer", "encode", "pack"], progress=progress)
+    # one bar for the whole build (the clock's): the tokenizer trainers, the encoders and Hugging Face
+    # `datasets` would each draw their own (eight on a first build), so they are all told to stay quiet
+    progress = False
+    if any(s.kind == "hf" for s in sources):
+        _quiet_hf_progress()
     docs, per_source = read_documents(sources, text_field=cfg.text_field, max_documents=cfg.max_documents,
                                       seed=cfg.seed)
     n_read = len(docs)
@@ -140,6 +145,7 @@ def build(cfg: DataConfig, sources: list[Source], out: Path, *, progress: bool) 
     tokens, packed = _order_and_pack(cfg, docs, ragged, vocab_size)
     np.save(out / "tokens.npy", tokens)
     clock.lap("pack")
+    clock.close()
     n_tokens = int(ragged.lengths.sum())
     stats = {
         "source": cfg.source, "sources": per_source, "documents_read": n_read, "filters": filters,
@@ -187,15 +193,39 @@ def _order_and_pack(cfg: DataConfig, docs: list[str], ragged, vocab_size: int) -
     return tokens, packed
 
 
+def _quiet_hf_progress() -> None:
+    """No progress bars from `datasets` (loading, mapping) or the Hub client (downloads)."""
+    try:
+        import datasets
+        import huggingface_hub.utils
+    except ImportError:  # sources.py reports a missing `datasets` when it reads
+        return
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 class _PhaseClock:
-    def __init__(self) -> None:
+    """Times each stage of a build and, with ``progress``, shows the build as one bar over its stages."""
+
+    def __init__(self, stages: list[str], *, progress: bool) -> None:
+        from tqdm import tqdm
+
         self.start = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
+        self.stages = stages
+        self.bar = tqdm(total=len(stages), desc=f"preparing data: {stages[0]}", unit="stage", leave=False,
+                        disable=not progress, bar_format="{desc:<32} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.laps[name] = round(now - self.last, 3)
         self.last = now
+        self.bar.update(1)
+        if self.bar.n < len(self.stages):
+            self.bar.set_description_str(f"preparing data: {self.stages[self.bar.n]}")
+
+    def close(self) -> None:
+        self.bar.close()
 
     @property
     def total(self) -> float:

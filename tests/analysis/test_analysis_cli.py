@@ -20,9 +20,20 @@ def test_table_prints_markdown(store_url, capsys):
 
 
 def test_table_empty_sweep_is_one_line_and_succeeds(store_url, capsys):
-    assert main(["table", "empty_sweep", "--store", store_url, "--format", "csv"]) == 0
+    assert main(["table", "empty_sweep", "--store", store_url]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "no completed trials" in out
+
+
+@pytest.mark.parametrize("sweep", ["empty_sweep", "no_trials"])
+def test_csv_of_an_empty_sweep_is_its_header_with_the_message_on_stderr(store_url, capsys, sweep):
+    # before: the message itself was printed as the "CSV", so a script reading it got no columns
+    assert main(["table", "lr_schedules", "--store", store_url, "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert main(["table", sweep, "--store", store_url, "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == header + "\n"
+    assert captured.err.count("\n") == 1 and f"sweep {sweep!r}: no" in captured.err
 
 
 def test_unknown_sweep_lists_valid_names(store_url, capsys):

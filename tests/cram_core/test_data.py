@@ -525,5 +525,5 @@ def test_cli_prepare_prints_statistics_then_hits_the_cache(tmp_path, corpus):
 ])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, message):
     proc = cli("prepare", "--no-progress", f"data.cache_dir={tmp_path / 'cache'}", *args)
-    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith(f"python -m cram_core.data: {message}"), proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and cache_entries(tmp_path) == []

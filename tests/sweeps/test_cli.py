@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +99,129 @@ def test_module_entry_point(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown sweep 'nope'" in proc.stderr
     assert not (tmp_path / "r.db").exists()
+
+
+# ---------------------------------------------------------------- issue 10: the CLI helps
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["show", "norm_placment"], "unknown sweep 'norm_placment'; did you mean 'norm_placement'?"),
+    (["show", "dropout", "--preset", "tny"], "unknown preset 'tny'; did you mean 'tiny'?"),
+    (["show", "dropout", "--set", "model.norm_schme=post"], "unknown flag 'model.norm_schme'; did you mean "
+                                                            "'model.norm_scheme'?"),
+    (["show", "dropout", "--set", "modl.norm_scheme=post"], "did you mean 'model.norm_scheme'?"),
+    (["show", "dropout", "--set", "model.norm_scheme=pots"], "unknown choice 'pots'; did you mean 'post'?"),
+    (["lst"], "invalid choice 'lst'; did you mean 'list'?"),
+    (["run", "dropout", "--budgt", "5m"], "unrecognized arguments: --budgt 5m; did you mean --budget?"),
+    (["run", "dropout", "--dry-rn"], "did you mean --dry-run?"),
+])
+def test_unknown_names_suggest_the_nearest(capsys: pytest.CaptureFixture, argv: list[str], match: str) -> None:
+    # before: `show norm_placment` listed all 28 sweeps, and a misspelt option or choice got no hint
+    _fails_in_one_line(capsys, argv, match)
+
+
+def test_a_name_with_nothing_close_still_lists_the_valid_ones(capsys: pytest.CaptureFixture) -> None:
+    _fails_in_one_line(capsys, ["show", "nope"], "unknown sweep 'nope'; valid: lr_schedules")
+    _fails_in_one_line(capsys, ["show", "dropout", "--set", "model.foo=1"], "valid model flags: model.num_layers")
+
+
+def test_an_unknown_downstream_task_suggests_the_nearest(tmp_path: Path) -> None:
+    from cram_core.config import ConfigError
+    from sweeps.runner import downstream_spec
+
+    for task in ("keyword", "count"):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "task.json").write_text("{}")
+    with pytest.raises(ConfigError, match="unknown downstream task 'keywrd'; did you mean 'keyword'?"):
+        downstream_spec("keywrd", data_root=str(tmp_path))
+
+
+def test_the_downstream_error_names_the_flag_sweeps_run_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    # before: "pass --data-root or set CRAM_EVAL_DATA", and `sweeps run --data-root` is an unknown argument
+    monkeypatch.setenv("CRAM_EVAL_DATA", str(tmp_path / "missing"))
+    _fails_in_one_line(capsys, ["run", "dropout", "--downstream", "sva", "--store", str(tmp_path / "r.db")],
+                       "pass --downstream-data DIR or set CRAM_EVAL_DATA")
+    assert not (tmp_path / "r.db").exists()
+
+
+def _cli_mains() -> dict[str, Any]:
+    from analysis.cli import main as analysis_main
+    from cram_core import bench, downstream, train
+    from cram_core.data.__main__ import main as data_main
+
+    return {"python -m sweeps": main, "python -m analysis": analysis_main, "python -m cram_core.train": train.main,
+            "python -m cram_core.bench": bench.main, "python -m cram_core.data": data_main,
+            "python -m cram_core.downstream": downstream.main}
+
+
+@pytest.mark.parametrize("prog,argv", [
+    ("python -m sweeps", ["show", "nope"]),
+    ("python -m sweeps", ["show"]),
+    ("python -m analysis", ["table", "x", "--store", "{tmp}/missing.db"]),
+    ("python -m cram_core.train", ["--preset", "tiny", "model.norm=batchnorm"]),
+    ("python -m cram_core.bench", ["model.norm=batchnorm"]),
+    ("python -m cram_core.data", ["prepare", "model.num_layers=2"]),
+    ("python -m cram_core.downstream", ["{tmp}/no-run", "--tasks", "x", "--threads", "-1"]),
+    ("python -m sweeps", ["run", "--bogus"]),
+    ("python -m cram_core.train", ["--bogus"]),
+])
+def test_every_cli_has_one_error_style(tmp_path: Path, capsys: pytest.CaptureFixture, prog: str,
+                                       argv: list[str]) -> None:
+    # before: errors began "sweeps: error:", "error:" or "python -m sweeps: error:" depending on where they arose
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(_cli_mains()[prog](argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{prog}") and ": error: " in err, err
+
+
+def _options(parser: argparse.ArgumentParser, path: str = "") -> list[tuple[str, argparse.Action, str]]:
+    out = []
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _options(sub, f"{path} {name}")
+        elif action.option_strings and action.help is not argparse.SUPPRESS \
+                and not isinstance(action, argparse._HelpAction):
+            out.append((f"{path} {action.option_strings[-1]}", action, formatter._expand_help(action)))
+    return out
+
+
+def test_every_option_has_help_and_a_default() -> None:
+    # before: --port, --format, --x and others had no help text, and several options no stated default
+    from analysis.cli import _parser
+    from cram_core.data.__main__ import main as data_main  # noqa: F401  (its parser is built inside main)
+    from sweeps.cli import build_parser
+
+    options = _options(build_parser(), "sweeps") + _options(_parser(), "analysis")
+    assert len(options) > 40
+    missing = [name for name, action, text in options if not action.help or "default" not in text]
+    assert not missing, missing
+
+
+def test_list_flags_honours_the_preset(capsys: pytest.CaptureFixture) -> None:
+    # before: --list-flags --preset tiny printed crammed-bert's defaults (16 layers)
+    from cram_core import train
+
+    def num_layers(argv: list[str]) -> str:
+        assert train.main(argv) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("model.num_layers"))
+        return line.split("default=")[1].split()[0]
+
+    assert num_layers(["--list-flags", "--preset", "tiny"]) == "2"
+    assert num_layers(["--list-flags", "--preset", "small"]) != num_layers(["--list-flags"]) == "16"
+
+
+@pytest.mark.parametrize("argv", [["cram_core.train", "--list-flags"], ["sweeps", "list"]])
+def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
+    # `--list-flags | head`: the reader is gone before we write. Before: a BrokenPipeError traceback
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert err == ""

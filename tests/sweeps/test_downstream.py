@@ -66,7 +66,7 @@ def _digest(path: Path) -> str:
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--downstream", "keyword,nope"], "unknown downstream task(s) nope; tasks in"),
+    (["--downstream", "keyword,nope"], "unknown downstream task 'nope'; valid: "),
     (["--downstream-epochs", "2"], "--downstream-epochs, --downstream-data given without --downstream TASKS"),
     (["--downstream", "keyword", "--downstream-max-dev", "0"], "expected a positive integer"),
 ])
