@@ -8,14 +8,13 @@ against a measured matmul rate, and peak memory. ``--reference hf`` times Huggin
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 import torch
 
 from cram_core import hardware
-from cram_core.cli import OneLineParser
+from cram_core.cli import OneLineParser, run_main
 from cram_core.config import ConfigError
 from cram_core.train import build_parts, default_preset, optimizer_step, parse_config, warm_up
 
@@ -109,16 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(args.preset, args.overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return parser.fail(e)
     device = hardware.resolve_device(cfg.impl)
     steps = args.steps or (50 if device.type == "cuda" else 10)
     vocab = args.vocab_size or cfg.data.vocab_size
     rows = [bench_preset(args.preset, args.overrides, steps, vocab)]
     if args.reference == "hf":
         if device.type != "cuda":
-            print("error: --reference hf needs CUDA", file=sys.stderr)
-            return 2
+            return parser.fail("--reference hf needs CUDA")
         rows.append(bench_hf_reference(steps, cfg.train.micro_batch_size, cfg.data.seq_len, vocab))
     peak = hardware.peak_flops(device)
     measured = hardware.measure_matmul_flops(device, rows[0]["dtype"])
@@ -138,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cram_core.cli import nearest, unknown_name
+
 Activation = Literal["gelu", "gelu-tanh", "relu", "silu", "leaky-relu", "sqrelu"]
 
 
@@ -198,7 +200,7 @@ class TrainConfig:
     averaging: Literal["none", "ema", "lawa"] = "none"
     "weight averaging evaluated at the end: exponential moving average or latest-weight averaging"
     ema_decay: float = 0.999
-    "EMA decay per optimizer step, warmed up as min(decay, (1+t)/(10+t)) at step t so the init fades out"
+    "EMA decay per optimizer step"
     lawa_k: int = 6
     "LAWA: number of checkpoints averaged"
     lawa_every: float = 0.05
@@ -437,7 +439,7 @@ def parse_value(tp: Any, text: str, key: str) -> Any:
         choices = typing.get_args(tp)
         if text in choices:
             return text
-        raise ConfigError(f"{key}: unknown choice {text!r}; valid: {', '.join(map(str, choices))}")
+        raise ConfigError(f"{key}: {unknown_name('choice', text, choices)}")
     if tp is bool:
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):
@@ -477,12 +479,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
     for key, raw in items:
         group, _, name = key.partition(".")
         if group not in GROUPS:
-            raise ConfigError(f"unknown config group {group!r} in {key!r}; valid groups: {', '.join(GROUPS)}")
+            close = nearest(key, [f"{g}.{f.name}" for g, c in GROUPS.items() for f in dataclasses.fields(c)])
+            raise ConfigError(f"unknown flag {key!r}; did you mean {close!r}?" if close else
+                              f"unknown config group {group!r} in {key!r}; valid groups: {', '.join(GROUPS)}")
         cls = GROUPS[group]
         hints = _field_types(cls)
         if name not in hints or name.isupper():
-            valid = ", ".join(f"{group}.{f.name}" for f in dataclasses.fields(cls))
-            raise ConfigError(f"unknown flag {key!r}; valid {group} flags: {valid}")
+            fields = [f.name for f in dataclasses.fields(cls)]
+            close = nearest(name, fields)  # the field part only: every flag of the group shares its prefix
+            raise ConfigError(f"unknown flag {key!r}; " + (f"did you mean '{group}.{close}'?" if close else
+                                                            f"valid {group} flags: {', '.join(f'{group}.{f}' for f in fields)}"))
         value = parse_value(hints[name], raw, key) if isinstance(raw, str) else _check_typed(hints[name], raw, key)
         group_changes = changes.setdefault(group, {})
         exclusive = getattr(cls, "EXCLUSIVE", ())
@@ -515,9 +521,10 @@ def _check_typed(tp: Any, value: Any, key: str) -> Any:
     return parse_value(tp, repr(value) if isinstance(value, float) else str(value), key)
 
 
-def list_flags() -> list[str]:
-    """One line per flag: ``group.field  type  default  doc``."""
-    defaults = RunConfig()
+def list_flags(defaults: RunConfig | None = None) -> list[str]:
+    """One line per flag: ``group.field  type  default  doc``; the defaults are ``defaults``' values (a
+    preset's), else the dataclasses' own."""
+    defaults = defaults or RunConfig()
     lines = []
     for group, cls in GROUPS.items():
         docs = field_docs(cls)

@@ -35,7 +35,7 @@ from rich.console import Console
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
 from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_overrides, with_seed
-from sweeps.ledger import Ledger, ReuseRules
+from sweeps.ledger import Ledger
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
 from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
@@ -339,7 +339,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     started_ray, stopped, sweep_id = False, 0, None
     try:
         ledger.check_compatible(resolved, opts.downstream)
-        ledger.claim(resolved.name)  # atomic: of two drivers racing here, one gets SweepBusy
+        ledger.check_not_running(resolved.name)
         if opts.address:
             started_ray = start_ray(opts.address)
             cpus, gpus = cluster_resources()
