@@ -3,6 +3,7 @@
     python -m analysis table NAME [--store URL] [--format md|csv|latex] [--kind auto|variants|groups]
     python -m analysis plot NAME [--store URL] [--x tokens|seconds|both] [--out DIR] [--no-dashboard]
     python -m analysis summary [--store URL] [--out DIR]
+    python -m analysis report NAME [--store URL] [--out FILE]
 
 User mistakes (missing store, unknown sweep) are one line on stderr (``python -m analysis: error: ...``) and
 exit status 2, like argparse's own usage errors. An empty sweep is not a mistake: status 0, and one line
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cram_core.cli import OneLineParser
+from cram_core.cli import EXIT_USAGE, OneLineParser, error_line
 from sweeps.store import DEFAULT_STORE, StoreError
 
 from analysis import tables
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="x axis of the loss curves: tokens seen or training seconds")
     plot.add_argument("--out", type=Path, default=None, help="output folder (default ./plots/NAME/)")
     plot.add_argument("--no-dashboard", action="store_true", help="do not attach a note to the Optuna study")
+
+    report = sub.add_parser("report", help="one self-contained HTML file: table, figures, config diffs, provenance")
+    report.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
+    report.add_argument("--store", default=DEFAULT_STORE, help=store_help)
+    report.add_argument("--out", type=Path, default=None, help="output file (default ./plots/NAME/report.html)")
 
     summary = sub.add_parser("summary", help="Δ loss with CIs of every variant of every sweep")
     summary.add_argument("--store", default=DEFAULT_STORE, help=store_help)
@@ -89,11 +95,8 @@ def _plot(args: argparse.Namespace) -> None:
         print(path)
     if args.no_dashboard:
         return
-    loss_pngs = [p for p in written if p.suffix == ".png" and p.stem.startswith("loss_vs_")]
-    # the dashboard note is about loss per token; fall back to the seconds figure if that is all we drew
-    png = next((p for p in loss_pngs if p.stem == "loss_vs_tokens"), loss_pngs[0])
-    if dashboard.attach(args.store, args.sweep, png):
-        print(f"dashboard: note with the table and {png} saved on Optuna study {args.sweep!r}")
+    if dashboard.attach(args.store, args.sweep, written):
+        print(f"dashboard: figures and table as artifacts, and a note, saved on Optuna study {args.sweep!r}")
     else:
         print(f"no Optuna study named {args.sweep!r}; skipped dashboard note")
 
@@ -110,7 +113,17 @@ def _summary(args: argparse.Namespace) -> None:
         print(path)
 
 
-COMMANDS = {"table": _table, "plot": _plot, "summary": _summary}
+def _report(args: argparse.Namespace) -> None:
+    from analysis import report
+
+    try:
+        print(report.write_report(args.store, args.sweep, args.out))
+    except report.ReportError as e:
+        print(error_line("python -m analysis", e), file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+COMMANDS = {"table": _table, "plot": _plot, "summary": _summary, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,29 +1,37 @@
-"""Link a sweep's analysis into optuna-dashboard: a markdown study note with the table and the figure's path.
+"""Put a sweep's analysis into optuna-dashboard: its figures and table as study artifacts, and a study note.
 
-Why a note and not a figure: optuna-dashboard can show custom figures (``save_plotly_graph_object``), but
-they must be Plotly objects; Plotly is not a dependency and our figures are matplotlib. Uploading the PNG as an
-Optuna artifact would need the dashboard started with an artifact store, which ``python -m sweeps dashboard``
-does not configure. A study note (``optuna_dashboard.save_note``) needs nothing new: it is stored in Optuna's
-own tables, shows on the study page, and carries the markdown table plus where the PNG lives (a browser will
-not load a local file into the dashboard page, so the path is given as text, with the command that rebuilds it).
+Artifacts go to Optuna's ``FileSystemArtifactStore`` in a folder beside the database
+(`sweeps.mirror.artifact_dir`); ``python -m sweeps dashboard`` serves the same folder, so they appear on the
+study's page under "Artifacts" (PNG and SVG preview there, the table and the report download). Re-attaching
+replaces an artifact of the same file name rather than piling up copies.
 
-This is the one write the analysis package makes, and it goes through Optuna's API into Optuna's tables.
-Each call saves a new note version, so re-plotting replaces what the dashboard shows.
+The note (``optuna_dashboard.save_note``, stored in Optuna's own tables) is what the study page shows first:
+the loss figure inline (an image link to its artifact), the results table, and which trial is which variant
+and seed, since the dashboard's trial list only says "Trial N".
+
+These are the only writes the analysis package makes, and they go through Optuna's API into Optuna's tables
+and its artifact folder.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import tempfile
 from pathlib import Path
 
 import optuna
+from optuna.artifacts import upload_artifact
 from optuna_dashboard import save_note
 from sqlalchemy import inspect, text
 
 from analysis import tables
 from analysis.load import connect, normalize_url
+from sweeps.mirror import artifact_store
 
 OPTUNA_STUDIES_TABLE = "studies"
+ARTIFACT_ATTR_PREFIX = "artifacts:"  # where optuna.artifacts.upload_artifact keeps each artifact's metadata
+TABLE_FILES = {"table.md": "md", "table.csv": "csv"}
 
 
 def study_exists(store_url: str, study_name: str) -> bool:
@@ -39,33 +47,85 @@ def study_exists(store_url: str, study_name: str) -> bool:
         engine.dispose()
 
 
-def note_body(store_url: str, sweep_name: str, png_path: Path | str) -> str:
-    png = Path(png_path).resolve()
+def study_artifacts(study: optuna.Study) -> dict[str, str]:
+    """File name -> artifact id of the study's live artifacts (a removed one's metadata is JSON null)."""
+    out = {}
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        meta = json.loads(value) if key.startswith(ARTIFACT_ATTR_PREFIX) else None
+        if meta:
+            out[meta["filename"]] = meta["artifact_id"]
+    return out
+
+
+def replace_artifacts(study: optuna.Study, store: object, files: list[Path]) -> dict[str, str]:
+    """Upload ``files``, each replacing the study's artifact of the same name; returns name -> artifact id."""
+    existing = study_artifacts(study)
+    ids = {}
+    for path in files:
+        old = existing.get(path.name)
+        if old is not None:
+            # as the dashboard's own delete does: drop the bytes, then null the metadata
+            store.remove(old)  # type: ignore[attr-defined]
+            study._storage.set_study_system_attr(study._study_id, ARTIFACT_ATTR_PREFIX + old, json.dumps(None))
+        ids[path.name] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+    return ids
+
+
+def trials_markdown(study: optuna.Study) -> str:
+    """Which trial is which: number, variant / seed, state, objective."""
+    lines = ["| trial | name | state | held-out loss |", "|---:|---|---|---:|"]
+    for t in study.get_trials(deepcopy=False):
+        value = f"{t.value:.4f}" if t.value is not None else "—"
+        name = t.user_attrs.get("name") or t.user_attrs.get("variant", "")
+        lines.append(f"| {t.number} | {name} | {t.state.name} | {value} |")
+    return "\n".join(lines)
+
+
+def note_body(store_url: str, sweep_name: str, study: optuna.Study, artifacts: dict[str, str],
+              files: list[Path]) -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join([
-        f"## Sweep `{sweep_name}`: analysis",
+    figure = next((name for name in ("loss_vs_tokens.png", "loss_vs_seconds.png") if name in artifacts), None)
+    lines = [f"## Sweep `{sweep_name}`: analysis", ""]
+    if figure is not None:
+        lines += [f"![{figure}](/artifacts/{study._study_id}/{artifacts[figure]})", ""]
+    lines += [
+        "Figures, table and report are under **Artifacts** on this page. Files on disk: "
+        + ", ".join(f"`{p.resolve()}`" for p in files if p.suffix in (".png", ".html")),
         "",
-        f"Loss curves, LR and batch size (PNG; the SVG is beside it): `{png}`",
-        "",
-        f"Rebuild: `python -m analysis plot {sweep_name} --store {store_url} --x tokens`",
+        f"Rebuild: `python -m analysis plot {sweep_name} --store {store_url} --x both`",
         "",
         tables.sweep_table(store_url, sweep_name, fmt="md"),
         "",
+        "### Trials",
+        "",
+        trials_markdown(study),
+        "",
         f"_Updated {stamp}._",
-    ])
+    ]
+    return "\n".join(lines)
 
 
-def attach(store_url: str, sweep_name: str, png_path: Path | str, *, study_name: str | None = None) -> bool:
-    """Save the note on the Optuna study named like the sweep; False (nothing written) when there is none."""
+def attach(store_url: str, sweep_name: str, files: list[Path] | Path | str, *,
+           study_name: str | None = None) -> bool:
+    """Upload ``files`` and the sweep's table as artifacts of the Optuna study named like the sweep, and save
+    the note; False (nothing written) when there is no such study."""
     url = normalize_url(store_url)
     name = study_name or sweep_name
     if not study_exists(url, name):
         return False
-    body = note_body(url, sweep_name, png_path)
+    files = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
     # skip_table_creation: the study exists, so its tables do; never let a read path migrate the schema
     storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
     try:
-        save_note(optuna.load_study(study_name=name, storage=storage), body)
+        study = optuna.load_study(study_name=name, storage=storage)
+        with tempfile.TemporaryDirectory(prefix="cram-table-") as folder:
+            table_files = []
+            for filename, fmt in TABLE_FILES.items():
+                path = Path(folder) / filename
+                path.write_text(tables.sweep_table(url, sweep_name, fmt=fmt) + "\n")
+                table_files.append(path)
+            artifacts = replace_artifacts(study, artifact_store(url), files + table_files)
+        save_note(study, note_body(url, sweep_name, study, artifacts, files))
     finally:
         storage.remove_session()
         storage.engine.dispose()
