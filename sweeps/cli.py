@@ -439,8 +439,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     Ledger(url, create=False).close()  # a missing store is a one-line error, not an empty dashboard
     import optuna_dashboard
 
-    from sweeps.mirror import make_storage
+    from sweeps.mirror import artifact_store, make_storage
 
     print(f"optuna-dashboard for {url} on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
-    optuna_dashboard.run_server(make_storage(url), host="127.0.0.1", port=args.port)
+    # the artifact folder `analysis plot` uploads figures and tables to, so they show on the study page
+    optuna_dashboard.run_server(make_storage(url), host="127.0.0.1", port=args.port,
+                                artifact_store=artifact_store(url))
     return 0
