@@ -6,13 +6,24 @@ The loss is ``eval_loss`` (held-out MLM loss at a fixed 15% masking, comparable 
 objectives) when every completed trial of the sweep has one, else ``final_loss`` (train loss over the last 10%
 of steps); the caption names which. Means and intervals are over pretraining seeds of completed trials.
 
+Δ loss is paired: trials that share a seed share every random draw that is not the variant (cram_core.rng),
+so each variant is compared with the baseline seed by seed (paired t-test on the per-seed differences, t or
+bootstrap CI of their mean); Welch's test only where fewer than two seeds pair. The p-values of a sweep's
+comparisons are Holm-adjusted together, and the verdict uses the adjusted p.
+
+Throughput is the machine's as much as the model's: the table measures the spread of tokens/s across trials
+of one config (seeds of one variant). Above 10% it says so, marks the tokens/s column, and marks any verdict
+reached under a seconds budget as unreliable. A Δ tokens/s is printed only when it is significant (Welch on
+tokens/s, Holm over the sweep), else "n.s.".
+
 Verdicts, in order of precedence:
 - ``baseline`` for the baseline row;
 - ``diverged`` when every seed diverged, ``diverged (k/n)`` when some did: a recipe that diverges on some seeds
   is not one to keep, and the surviving seeds' loss is biased low, so no loss verdict is claimed;
 - ``failed`` / ``pending`` when no seed completed for other reasons;
 - ``n=1, Δ only`` when the variant or the baseline has fewer than two completed seeds;
-- ``helped`` / ``hurt`` when Welch's p < 0.05 (lower loss = helped), else ``no significant difference``.
+- ``helped`` / ``hurt`` when the Holm-adjusted p < 0.05 (lower loss = helped), else
+  ``no significant difference``; a ``†`` marks a verdict under a seconds budget on a noisy machine.
 """
 
 from __future__ import annotations
@@ -36,6 +47,10 @@ LOSS_LABELS = {
     "final_loss": "train MLM loss over the last 10% of steps (final_loss; not every trial has eval_loss)",
 }
 OTHER_STATUSES = ("planned", "running", "cancelled")
+CI_METHODS = stats.CI_METHODS
+NOISY_THROUGHPUT_PCT = 10.0
+"spread of tokens/s between trials of one config above which throughput and seconds budgets are unreliable"
+UNRELIABLE = " †"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,6 +65,16 @@ class SweepSummary:
     tasks: list[str]
     "downstream tasks with results, in column order"
     status_counts: dict[str, int]
+    ci_method: str = "t"
+    "t or bootstrap: how the Δ loss intervals were computed"
+    throughput_spread_pct: float = float("nan")
+    "largest spread of tokens/s (max/min - 1, in %) between trials of one config; NaN below two trials each"
+    budget_kinds: tuple[str, ...] = ()
+    "budget kinds of the sweep's completed trials"
+
+    @property
+    def noisy_throughput(self) -> bool:
+        return bool(self.throughput_spread_pct > NOISY_THROUGHPUT_PCT)
 
     @property
     def single_seed(self) -> bool:
@@ -117,6 +142,18 @@ def _throughput(trials: pd.DataFrame) -> pd.Series:
     return trials["tokens_per_second"].fillna(trials["tokens"] / trials["seconds"].replace(0.0, np.nan))
 
 
+def _by_seed(done: pd.DataFrame, column: str) -> dict[int, float]:
+    """{seed: value} of completed trials (the mean if a seed repeats)."""
+    values = pd.to_numeric(done[column], errors="coerce")
+    return {int(s): float(v) for s, v in values.groupby(done["seed"]).mean().items()}
+
+
+def spread_pct(values: pd.Series) -> float:
+    """(max / min - 1) in percent over the finite positive values; NaN below two."""
+    finite = values[np.isfinite(values.to_numpy(float)) & (values > 0)]
+    return 100.0 * (float(finite.max()) / float(finite.min()) - 1.0) if len(finite) >= 2 else math.nan
+
+
 def _verdict(counts: dict[str, int], comparison: stats.Comparison | None, is_baseline: bool) -> str:
     attempted = counts["completed"] + counts["diverged"] + counts["failed"]
     if is_baseline:
@@ -134,27 +171,47 @@ def _verdict(counts: dict[str, int], comparison: stats.Comparison | None, is_bas
     return "helped" if comparison.delta < 0 else "hurt"
 
 
-def summarize(frames: SweepFrames) -> SweepSummary:
-    """Per-variant numbers of one sweep against its baseline (raw, unformatted)."""
+def _compare(completed: pd.DataFrame, variants: list[str], baseline: str | None, metric: str,
+             ci: str) -> tuple[dict[str, stats.Comparison], dict[str, stats.Comparison]]:
+    """Loss comparisons (paired, Holm, t or bootstrap CI) and throughput comparisons (Welch, Holm) per variant."""
+    others = [v for v in variants if baseline is not None and v != baseline]
+    if not others:
+        return {}, {}
+    base = completed[completed["variant"] == baseline]
+    base_loss = _by_seed(base, metric)
+    loss_by = {v: _by_seed(completed[completed["variant"] == v], metric) for v in others}
+    losses = stats.holm([stats.paired(loss_by[v], base_loss) for v in others])
+    if ci == "bootstrap":
+        losses = [stats.bootstrap_ci(c, loss_by[v], base_loss) for c, v in zip(losses, others)]
+    base_tps = _throughput(base).to_numpy(float)
+    tps = stats.holm([stats.welch(_throughput(completed[completed["variant"] == v]).to_numpy(float), base_tps)
+                      for v in others])
+    return dict(zip(others, losses)), dict(zip(others, tps))  # type: ignore[arg-type]
+
+
+def summarize(frames: SweepFrames, *, ci: str = "t") -> SweepSummary:
+    """Per-variant numbers of one sweep against its baseline (raw, unformatted); ``ci``: t or bootstrap."""
+    if ci not in CI_METHODS:
+        raise ValueError(f"unknown CI method {ci!r}; valid: {', '.join(CI_METHODS)}")
     trials = frames.trials
     metric = choose_loss_metric(trials)
     baseline = baseline_variant(trials)
     completed = trials[trials["status"] == "completed"]
     base_done = completed[completed["variant"] == baseline]
-    base_losses = base_done[metric].to_numpy(float)
     base_tps = float(np.nanmean(_throughput(base_done))) if len(base_done) else math.nan
     variants = variant_order(trials, baseline)
+    comparisons, tps_comparisons = _compare(completed, variants, baseline, metric, ci)
     records = []
     for variant in variants:
         runs = trials[trials["variant"] == variant]
         done = completed[completed["variant"] == variant]
         counts = _status_counts(runs["status"])
         is_baseline = variant == baseline
-        losses = done[metric].to_numpy(float)
-        loss_mean, loss_ci = stats.mean_ci(losses)
-        comparison = None if baseline is None or is_baseline else stats.welch(losses, base_losses)
+        loss_mean, loss_ci = stats.mean_ci(done[metric].to_numpy(float))
+        comparison = comparisons.get(variant)
         tps = _throughput(done)
         tps_mean = float(tps.mean()) if tps.notna().any() else math.nan
+        tps_test = tps_comparisons.get(variant)
         records.append({
             "variant": variant,
             "is_baseline": is_baseline,
@@ -167,11 +224,19 @@ def summarize(frames: SweepFrames) -> SweepSummary:
             "loss_ci95": loss_ci,
             "delta_loss": comparison.delta if comparison else (0.0 if is_baseline else math.nan),
             "delta_ci95": comparison.ci_half_width if comparison else math.nan,
+            "delta_ci_low": comparison.ci_low if comparison else math.nan,
+            "delta_ci_high": comparison.ci_high if comparison else math.nan,
+            "test": comparison.method if comparison else "",
+            "n_pairs": comparison.num_pairs if comparison else 0,
             "p_value": comparison.p_value if comparison else math.nan,
+            "p_holm": comparison.p_adjusted if comparison else math.nan,
             "tokens_mean": float(done["tokens"].mean()) if len(done) else math.nan,
             "tokens_per_second_mean": tps_mean,
             "tokens_per_second_std": float(tps.std(ddof=1)) if tps.notna().sum() > 1 else math.nan,
+            "tokens_per_second_spread_pct": spread_pct(tps),
             "delta_throughput_pct": 100.0 * (tps_mean / base_tps - 1.0) if base_tps > 0 else math.nan,
+            "delta_throughput_p_holm": tps_test.p_adjusted if tps_test else math.nan,
+            "delta_throughput_significant": bool(tps_test and stats.significant(tps_test)),
             "verdict": _verdict(counts, comparison, is_baseline),
         })
     rows = pd.DataFrame.from_records(records)
@@ -183,8 +248,17 @@ def summarize(frames: SweepFrames) -> SweepSummary:
         rows["downstream_avg"] = rows["variant"].map(scores["avg"])
         base_avg = scores["avg"].get(baseline, math.nan) if baseline else math.nan
         rows["delta_downstream_avg"] = rows["downstream_avg"] - base_avg
-    return SweepSummary(name=frames.name, loss_metric=metric, baseline=baseline, rows=rows, tasks=tasks,
-                        status_counts=_status_counts(trials["status"]))
+    spreads = rows["tokens_per_second_spread_pct"].to_numpy(float)
+    kinds = tuple(sorted(completed["budget_kind"].dropna().astype(str).unique())) \
+        if "budget_kind" in completed else ()
+    summary = SweepSummary(name=frames.name, loss_metric=metric, baseline=baseline, rows=rows, tasks=tasks,
+                           status_counts=_status_counts(trials["status"]), ci_method=ci,
+                           throughput_spread_pct=float(np.nanmax(spreads)) if np.isfinite(spreads).any() else math.nan,
+                           budget_kinds=kinds)
+    if summary.noisy_throughput and "seconds" in kinds:
+        loss_verdicts = rows["verdict"].isin(["helped", "hurt", "no significant difference"])
+        rows.loc[loss_verdicts, "verdict"] = rows.loc[loss_verdicts, "verdict"] + UNRELIABLE
+    return summary
 
 
 def variant_order(trials: pd.DataFrame, baseline: str | None) -> list[str]:
@@ -219,6 +293,15 @@ def fmt_delta(delta: float, ci: float) -> str:
         return "—"
     text = f"{delta:+.1e}" if 0 < abs(delta) < 5e-4 else f"{delta:+.3f}"
     return _minus(text if _is_nan(ci) else f"{text} ± {ci:.3f}")
+
+
+def fmt_interval(delta: float, low: float, high: float) -> str:
+    """Δ with a (possibly asymmetric) bootstrap interval: +0.012 [+0.004, +0.020]."""
+    if _is_nan(delta):
+        return "—"
+    if _is_nan(low):
+        return fmt_delta(delta, math.nan)
+    return _minus(f"{delta:+.3f} [{low:+.3f}, {high:+.3f}]")
 
 
 def fmt_p(p: float, testable: bool) -> str:
@@ -260,11 +343,31 @@ def _testable(row: pd.Series, summary: SweepSummary) -> bool:
 
 def _stat_cells(row: pd.Series, summary: SweepSummary) -> dict[str, str]:
     no_delta = row["is_baseline"] or summary.baseline is None
+    no_p = no_delta or _is_nan(row["delta_loss"])
+    testable = _testable(row, summary)
+    if no_delta:
+        delta = "—"
+    elif summary.ci_method == "bootstrap":
+        delta = fmt_interval(row["delta_loss"], row["delta_ci_low"], row["delta_ci_high"])
+    else:
+        delta = fmt_delta(row["delta_loss"], row["delta_ci95"])
+    if row["test"] == "welch":
+        delta += " (Welch)"
     return {
         "loss": fmt_loss(row["loss_mean"], row["loss_ci95"]),
-        "Δ loss": "—" if no_delta else fmt_delta(row["delta_loss"], row["delta_ci95"]),
-        "p": "—" if no_delta or _is_nan(row["delta_loss"]) else fmt_p(row["p_value"], _testable(row, summary)),
+        "Δ loss": delta,
+        "p": "—" if no_p else fmt_p(row["p_value"], testable),
+        "p (Holm)": "—" if no_p else fmt_p(row["p_holm"], testable),
     }
+
+
+def fmt_throughput_delta(row: pd.Series) -> str:
+    """Δ tokens/s only where it is significant (Welch, Holm): otherwise machine noise reads as an effect."""
+    if row["is_baseline"]:
+        return "—"
+    if not row["delta_throughput_significant"]:
+        return "n.s." if np.isfinite(row["delta_throughput_p_holm"]) else "—"
+    return fmt_pct(row["delta_throughput_pct"])
 
 
 def _caption_common(summary: SweepSummary) -> str:
@@ -278,7 +381,12 @@ def _caption_common(summary: SweepSummary) -> str:
     if summary.baseline is None:
         parts.append("No baseline trials in this sweep, so no Δ or tests.")
     else:
-        parts.append(f"Δ vs `{summary.baseline}`: Welch's t-test, α = 0.05, no multiple-comparison correction.")
+        interval = ("95% percentile-bootstrap CI" if summary.ci_method == "bootstrap" else "± 95% t CI")
+        k = int((summary.rows["p_holm"].notna()).sum())
+        parts.append(f"Δ vs `{summary.baseline}`: mean of per-seed paired differences ({interval}), paired "
+                     f"t-test; Welch where seeds don't pair. p (Holm) adjusts the {k} comparisons together; "
+                     "verdicts use it at α = 0.05.")
+    parts.append(_throughput_note(summary))
     if summary.single_seed:
         parts.append("One seed per variant: no confidence intervals or tests, Δ only.")
     elif summary.baseline is not None and summary.baseline_seeds < 2:
@@ -290,6 +398,19 @@ def _caption_common(summary: SweepSummary) -> str:
     return " ".join(parts)
 
 
+def _throughput_note(summary: SweepSummary) -> str:
+    spread = summary.throughput_spread_pct
+    if not summary.noisy_throughput:
+        measured = "" if _is_nan(spread) else f" (tokens/s spread between seeds of one config ≤ {spread:.1f}%)"
+        return f"Δ tokens/s is shown only where significant (Welch, Holm), else n.s.{measured}."
+    note = (f"Unreliable throughput: tokens/s of one config varied by up to {spread:.1f}% between seeds (> "
+            f"{NOISY_THROUGHPUT_PCT:.0f}%), so the machine, not the variant, set it (tokens/s†).")
+    if "seconds" in summary.budget_kinds:
+        note += (" Under this seconds budget the loss verdicts (†) measure that noise too: rerun with a token "
+                 "or FLOP budget.")
+    return note
+
+
 def _decimals(summary: SweepSummary) -> int:
     return score_decimals(summary.rows[[f"task:{t}" for t in summary.tasks]]) if summary.tasks else 3
 
@@ -299,10 +420,10 @@ def variant_table(summary: SweepSummary) -> Table:
     display_rows = []
     decimals = _decimals(summary)
     for _, row in summary.rows.iterrows():
+        tps_header = "tokens/s" + UNRELIABLE.strip() if summary.noisy_throughput else "tokens/s"
         cells = {"variant": row["variant"], "runs ok/div/fail": fmt_runs(row), **_stat_cells(row, summary),
-                 "tokens": fmt_count(row["tokens_mean"]), "tokens/s": fmt_count(row["tokens_per_second_mean"]),
-                 "Δ tokens/s": "—" if row["is_baseline"] else fmt_pct(row["delta_throughput_pct"]),
-                 "verdict": row["verdict"]}
+                 "tokens": fmt_count(row["tokens_mean"]), tps_header: fmt_count(row["tokens_per_second_mean"]),
+                 "Δ tokens/s": fmt_throughput_delta(row), "verdict": row["verdict"]}
         for task in summary.tasks:
             cells[task] = fmt_score(row[f"task:{task}"], decimals)
         if summary.tasks:
@@ -326,10 +447,10 @@ def group_table(summary: SweepSummary) -> Table:
         label = group_label(row["variant"], row["is_baseline"])
         stat = _stat_cells(row, summary)
         cells = {"reset to BERT": label, "seeds": str(row["n_completed"]), "loss": stat["loss"],
-                 "Δ vs crammed": stat["Δ loss"], "p": stat["p"]}
+                 "Δ vs crammed": stat["Δ loss"], "p": stat["p"], "p (Holm)": stat["p (Holm)"]}
         raw = {"group": label, "variant": row["variant"], "n_completed": row["n_completed"],
                "loss_mean": row["loss_mean"], "loss_ci95": row["loss_ci95"], "delta_loss": row["delta_loss"],
-               "delta_ci95": row["delta_ci95"], "p_value": row["p_value"]}
+               "delta_ci95": row["delta_ci95"], "p_value": row["p_value"], "p_holm": row["p_holm"]}
         if summary.tasks:
             cells["downstream avg"] = fmt_score(row["downstream_avg"], decimals)
             cells["Δ avg"] = "—" if row["is_baseline"] else fmt_score(row["delta_downstream_avg"], decimals,
@@ -407,10 +528,10 @@ def empty_message(frames: SweepFrames) -> str | None:
     return f"sweep {frames.name!r}: no completed trials yet ({detail})"
 
 
-def tables_for(frames: SweepFrames, fmt: str = "md", *, kind: str = "auto") -> list[Table]:
+def tables_for(frames: SweepFrames, fmt: str = "md", *, kind: str = "auto", ci: str = "t") -> list[Table]:
     if kind not in KINDS:
         raise ValueError(f"unknown table kind {kind!r}; valid: {', '.join(KINDS)}")
-    summary = summarize(frames)
+    summary = summarize(frames, ci=ci)
     if kind == "groups":
         return [group_table(summary)]
     tables = [variant_table(summary)]
@@ -420,12 +541,13 @@ def tables_for(frames: SweepFrames, fmt: str = "md", *, kind: str = "auto") -> l
     return tables
 
 
-def sweep_table(store_url: Store, sweep_name: str, fmt: str = "md", *, kind: str = "auto") -> str:
+def sweep_table(store_url: Store, sweep_name: str, fmt: str = "md", *, kind: str = "auto", ci: str = "t") -> str:
     """The sweep's results table as text (``fmt``: md, csv or latex).
 
     ``kind="auto"`` gives the per-variant table, followed by the paper's Table 5 form for the group ablation
     sweep (markdown and LaTeX only); ``"groups"`` forces the Table 5 form for any sweep. A sweep with no
-    completed trials gives one line saying so. Raises ``StoreError`` (missing store) or ``UnknownSweepError``.
+    completed trials gives one line saying so. ``ci``: t (default) or bootstrap intervals of Δ loss.
+    Raises ``StoreError`` (missing store) or ``UnknownSweepError``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -433,7 +555,7 @@ def sweep_table(store_url: Store, sweep_name: str, fmt: str = "md", *, kind: str
     message = empty_message(frames)
     if message is not None:
         return message
-    return "\n\n".join(render(t, fmt) for t in tables_for(frames, fmt, kind=kind))
+    return "\n\n".join(render(t, fmt) for t in tables_for(frames, fmt, kind=kind, ci=ci))
 
 
 def all_comparisons(store: Store) -> pd.DataFrame:
@@ -448,7 +570,7 @@ def all_comparisons(store: Store) -> pd.DataFrame:
             rows = summary.rows[~summary.rows["is_baseline"] & summary.rows["delta_loss"].notna()].copy()
             rows.insert(0, "sweep", name)
             frames.append(rows)
-    columns = ["sweep", "variant", "loss_metric", "delta_loss", "delta_ci95", "p_value", "verdict"]
+    columns = ["sweep", "variant", "loss_metric", "delta_loss", "delta_ci95", "p_value", "p_holm", "verdict"]
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from analysis_store import GLUE_TASKS, GROUPS, LR_SCHEDULES, THROUGHPUT
 from scipy import stats as st
+from statsmodels.stats.multitest import multipletests
 
 from analysis import tables
 from analysis.load import SweepFrames, load_sweep
@@ -16,18 +17,26 @@ def lr_rows(store_url):
     return tables.summarize(load_sweep(store_url, "lr_schedules")).rows.set_index("variant")
 
 
-def test_loss_ci_and_welch_figures_match_scipy(lr_rows):
+def test_loss_ci_and_paired_figures_match_scipy_and_statsmodels(lr_rows):
     base = LR_SCHEDULES["baseline"]
+    raw = []
     for variant in ("one-cycle", "constant", "cosine"):
         seeds = LR_SCHEDULES[variant]
         row = lr_rows.loc[variant]
         assert row["loss_mean"] == pytest.approx(np.mean(seeds))
         assert row["loss_ci95"] == pytest.approx(st.t.ppf(0.975, 2) * np.std(seeds, ddof=1) / math.sqrt(3))
-        reference = st.ttest_ind(seeds, base, equal_var=False)
+        reference = st.ttest_rel(seeds, base)  # seeds 0, 1, 2 on both sides: paired
+        assert row["test"] == "paired" and row["n_pairs"] == 3
         assert row["p_value"] == pytest.approx(reference.pvalue)
-        assert row["delta_loss"] == pytest.approx(np.mean(seeds) - np.mean(base))
+        assert row["delta_loss"] == pytest.approx(np.mean(np.subtract(seeds, base)))
         low, high = reference.confidence_interval(0.95)
         assert row["delta_ci95"] == pytest.approx((high - low) / 2)
+        assert (row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx((low, high))
+        raw.append(reference.pvalue)
+    # inverse-sqrt has one seed (no p), ramp diverged: the family is the three testable comparisons
+    holm = multipletests(raw, method="holm")[1]
+    assert lr_rows.loc[["one-cycle", "constant", "cosine"], "p_holm"].tolist() == pytest.approx(list(holm))
+    assert math.isnan(lr_rows.loc["inverse-sqrt", "p_holm"])
 
 
 def test_verdicts(lr_rows):
@@ -55,7 +64,7 @@ def test_status_counts_throughput_and_loss_metric(lr_rows):
 def test_markdown_table(store_url):
     text = tables.sweep_table(store_url, "lr_schedules")
     lines = text.splitlines()
-    assert "eval_loss" in lines[0] and "Welch" in lines[0]
+    assert "eval_loss" in lines[0] and "paired" in lines[0] and "Holm" in lines[0]
     header = next(line for line in lines if line.startswith("| variant"))
     assert "Δ loss" in header and "tokens/s" in header and "verdict" in header
     one_cycle = next(line for line in lines if line.startswith("| one-cycle"))
