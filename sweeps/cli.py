@@ -133,7 +133,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for s in [*SWEEPS.values(), *file_sweeps.values()]:
         variants = f"TPE {s.num_trials}" if s.is_search else str(s.num_variants())
         trials = f"{s.num_trials}" if s.is_search else f"{s.trial_count()} ({s.seeds} seeds)"
-        budget = ", ".join(f"{b} on {p}" for p, b in s.budgets.items()) or "the preset's"
+        budget = s.default_budget_text()
         rows.append((s.name, s.section, variants, trials, budget, s.axis))
     for name, (s, d) in stored.items():  # as they were run: the preset and budget are the stored ones
         budget = f"{(d.get('budget') or {}).get('text', '?')} on {d.get('preset', '?')} (stored)"

@@ -29,6 +29,10 @@ from cram_core.presets import PRESETS, bert_base, crammed_bert, get_preset
 BASELINE = "baseline"
 CPU_PRESET = "tiny"
 GPU_PRESET = "crammed-bert-short"
+# On a CPU (or any shared machine) a seconds budget measures the neighbours, so CPU presets default to a
+# budget in work done: this many tokens, or, for sweeps whose variants change the cost per token, the FLOPs
+# the baseline spends on them. GPU presets keep their seconds budget (the paper's setting).
+CPU_BUDGET_TOKENS = {"tiny": 200_000.0}
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,12 @@ class Sweep:
     "turns a sampled set of overrides into a variant name for tables"
     num_trials: int = 0
     "TPE samples (search sweeps), the baseline included"
-    seeds: int = 2
+    seeds: int = 3
     "seeds per variant (grid sweeps); seed i sets train.seed = i"
     budgets: Mapping[str, str] = field(default_factory=dict)
     "per-preset default budget, where the preset's own budget would not fit the sweep (see `show`)"
+    cost_per_token_varies: bool | None = None
+    "variants change FLOPs per token (CPU default is then a FLOP budget); None = architecture/groups sections"
     note: str = ""
     "one line shown by `show`: what the paper found, caveats"
 
@@ -77,6 +83,22 @@ class Sweep:
     @property
     def is_search(self) -> bool:
         return self.search is not None
+
+    @property
+    def cpu_budget_kind(self) -> str:
+        """tokens, or flops where the variants change the cost per token (checked by a registry test)."""
+        varies = self.cost_per_token_varies
+        if varies is None:
+            varies = self.section in ("architecture", "groups")
+        return "flops" if varies else "tokens"
+
+    def default_budget_text(self) -> str:
+        """What `list` shows: per-preset budgets, else the CPU default and the presets' own seconds elsewhere."""
+        if self.budgets:
+            return ", ".join(f"{b} on {p}" for p, b in self.budgets.items())
+        suffix = "" if self.cpu_budget_kind == "tokens" else " in FLOPs"
+        cpu = ", ".join(f"{format_budget('tokens', t)}{suffix} on {p}" for p, t in CPU_BUDGET_TOKENS.items())
+        return f"{cpu}; the preset's seconds elsewhere"
 
     def num_variants(self) -> int:
         return self.num_trials if self.is_search else 1 + len(self.variants)
@@ -195,6 +217,9 @@ def resolve(
     elif preset in sweep.budgets:
         budget_overrides = parse_budget(sweep.budgets[preset])
         budget_text = f"{sweep.budgets[preset]} (this sweep's default for {preset})"
+    elif preset in CPU_BUDGET_TOKENS:
+        budget_overrides, budget_text = cpu_budget(sweep, apply_overrides(base, list(overrides)),
+                                                   CPU_BUDGET_TOKENS[preset], preset)
     else:
         budget_text = f"{format_budget(base.budget.kind, base.budget.amount)} (preset {preset})"
     base = apply_overrides(base, budget_overrides)
@@ -288,11 +313,32 @@ def parse_budget(text: str) -> dict[str, float]:
     return {key: value}
 
 
+def flops_per_token(cfg: RunConfig) -> float:
+    """Training FLOPs per token at the full sequence length, as the budget clock counts them."""
+    from cram_core.model import training_flops_per_sequence
+    from cram_core.objective import MLMObjective
+
+    seq_len, vocab = cfg.data.seq_len, cfg.data.vocab_size
+    predictions = MLMObjective(cfg.objective, vocab).num_predictions(seq_len)
+    return training_flops_per_sequence(cfg.model, vocab, seq_len, predictions) / seq_len
+
+
+def cpu_budget(sweep: Sweep, base: RunConfig, tokens: float, preset: str) -> tuple[dict[str, float], str]:
+    """The CPU default: `tokens` tokens, or the FLOPs the baseline spends on them when variants change the
+    cost per token (so a costlier variant trains on fewer tokens, as it would in time on a dedicated GPU)."""
+    if sweep.cpu_budget_kind == "tokens":
+        text = format_budget("tokens", tokens)
+        return parse_budget(text), f"{text} (this sweep's CPU default for {preset}: variants keep the cost per token)"
+    flops = float(f"{tokens * flops_per_token(base):.3g}")
+    return ({"budget.flops": flops}, f"{format_budget('flops', flops)} (this sweep's CPU default for {preset}: "
+            f"{format_budget('tokens', tokens)} of the baseline; variants change the cost per token)")
+
+
 def format_budget(kind: str, amount: float) -> str:
     if kind == "seconds":
         return f"{amount / 3600:g}h" if amount >= 3600 else f"{amount / 60:g}m" if amount >= 600 else f"{amount:g}s"
     if kind == "tokens":
-        return f"{amount / 1e6:g}Mtok" if amount >= 1e6 else f"{amount:g}tok"
+        return f"{amount / 1e6:g}Mtok" if amount >= 1e6 else f"{amount / 1e3:g}ktok" if amount >= 1e3 else f"{amount:g}tok"
     return f"{amount:.3g}flop"
 
 
@@ -362,14 +408,10 @@ def _peak_lr_label(o: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- the registry
 
-# lr_schedules is the newcomer's first sweep: 11 variants x 2 seeds on the tiny preset, two trials at a time
-# on a 2-core laptop, must finish in about 5 minutes, so it trains 15 s per trial instead of tiny's 30 s.
-_QUICK_CPU = {"tiny": "15s"}
-
 _SWEEP_LIST = [
     # ---- training
     Sweep(
-        name="lr_schedules", section="training", axis="LR schedule (budget-relative)", budgets=_QUICK_CPU,
+        name="lr_schedules", section="training", axis="LR schedule (budget-relative)",
         variants={
             "constant": {"train.schedule": "constant"},
             "linear decay": {"train.schedule": "linear"},
@@ -425,7 +467,7 @@ _SWEEP_LIST = [
         note="sizes are relative to the preset's batch; paper: ~1.5k sequences best for loss at 24 h",
     ),
     Sweep(
-        name="masking", section="training", axis="masking rate and 80/10/10",
+        name="masking", section="training", axis="masking rate and 80/10/10", cost_per_token_varies=True,
         variants={
             "mask 15%": {"objective.mask_rate": 0.15},
             "mask 40%": {"objective.mask_rate": 0.40},
@@ -461,6 +503,7 @@ _SWEEP_LIST = [
     ),
     Sweep(
         name="curriculum", section="training", axis="sequence-length curriculum, token dropping",
+        cost_per_token_varies=True,
         variants={
             "length curriculum": {"train.seq_len_curriculum": Derived("L/4 until p=0.25, L/2 until 0.5", _curriculum)},
             "token drop 10%": {"objective.token_drop": 0.1},
@@ -575,7 +618,7 @@ _SWEEP_LIST = [
     ),
     # ---- data
     Sweep(
-        name="tokenizer", section="data", axis="tokenizer kind and vocabulary size",
+        name="tokenizer", section="data", axis="tokenizer kind and vocabulary size", cost_per_token_varies=True,
         variants={
             "BPE": {"data.tokenizer": "bpe"},
             "Unigram": {"data.tokenizer": "unigram"},

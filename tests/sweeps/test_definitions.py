@@ -10,6 +10,7 @@ from cram_core.config import ConfigError, RunConfig
 from cram_core.presets import PRESETS, bert_base
 from sweeps.definitions import (
     BASELINE,
+    CPU_BUDGET_TOKENS,
     SWEEPS,
     Sweep,
     check_registry,
@@ -97,9 +98,9 @@ def test_search_sweep_resolves() -> None:
 
 def test_default_budget_and_overrides() -> None:
     lr = resolve(SWEEPS["lr_schedules"], preset="tiny")
-    assert lr.base.budget.seconds == 15.0 and "tiny" in lr.budget_text
-    opt = resolve(SWEEPS["optimizers"], preset="tiny")
-    assert opt.base.budget.seconds == PRESETS["tiny"]().budget.seconds
+    assert lr.base.budget.tokens == CPU_BUDGET_TOKENS["tiny"] and "tiny" in lr.budget_text
+    gpu = resolve(SWEEPS["optimizers"], preset="small")
+    assert gpu.base.budget.seconds == PRESETS["small"]().budget.seconds
     custom = resolve(SWEEPS["optimizers"], preset="tiny", budget="50ktok", overrides=["optim.lr=0.004"])
     assert custom.base.budget.tokens == 50_000 and custom.base.budget.seconds is None
     assert all(v.config.optim.lr == 0.004 for v in custom.variants if "optim.lr" not in v.overrides)
