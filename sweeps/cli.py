@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent", type=int, help="at most this many trials at a time (default: as many "
                                                         "as the GPUs, or the CPU cores, hold)")
     run.add_argument("--retry-failed", action="store_true", help="rerun trials recorded as failed (crashed)")
+    run.add_argument("--rerun", action="store_true",
+                     help="train trials that another sweep in the store already completed (default: reuse them)")
+    run.add_argument("--storage-path", metavar="PATH_OR_URI",
+                     help="Tune's run folder, on storage every Ray node shares (NFS path, s3://...); "
+                          "default a local temp folder, enough on one machine")
+    run.add_argument("--max-failures", type=int, metavar="N",
+                     help="retries of a trial whose worker or node died, e.g. a lost node (default 2)")
     run.add_argument("--keep-models", metavar="DIR",
                      help="keep each trial's trained model in DIR/<sweep>/<variant>-seed<k>/ (default: not kept)")
     run.add_argument("--dry-run", action="store_true", help="resolve every variant, print the plan, touch nothing")
@@ -259,6 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         placement = None
     if args.backend == "cram_core":
         _check_sources(resolved)
+    if args.max_failures is not None and args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
     if args.dry_run:
         if placement is None:
             placement = place(resolved.num_trials, cpus=1, gpus=0, gpus_per_trial=0, max_concurrent=1)
@@ -272,13 +281,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"trainer backend {args.backend!r} cannot be imported: {e}") from None
     opts = RunOptions(store_url=url, address=args.address, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, backend=args.backend, retry_failed=args.retry_failed,
-                      downstream=downstream, keep_models=args.keep_models)
+                      downstream=downstream, keep_models=args.keep_models, rerun=args.rerun,
+                      storage_path=args.storage_path,
+                      **({} if args.max_failures is None else {"max_failures": args.max_failures}))
     result = run_sweep(resolved, opts, console=console)
     counts = result.counts
     console.print(
         f"\n[bold]{result.name}[/] {'finished' if result.complete else 'stopped'} after {result.wall_s / 60:.1f} min: "
         f"{counts['completed']} completed, "
         f"{counts['diverged']} diverged, {counts['failed']} failed"
+        + (f" ({result.reused} reused from other sweeps)" if result.reused else "")
         + (f", {counts['planned'] + counts['cancelled']} not run" if counts["planned"] + counts["cancelled"] else "")
     )
     if result.best:

@@ -23,6 +23,7 @@ from cram_core.config import ConfigError, RunConfig
 from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
 from sweeps.store import (
     SUMMARY_FIELDS,
+    METRIC_FIELDS,
     EvalRow,
     MetricRow,
     SweepRow,
@@ -371,6 +372,71 @@ class Ledger:
 
         self._write(op)
 
+    def restart(self, row_id: int) -> None:
+        """Tune retries a trial whose worker died (a lost node): what the dead attempt streamed goes."""
+        def op(s: Session) -> None:
+            _clear_results(s, row_id)
+            reset_trial_results(s.get(TrialRow, row_id))
+
+        self._write(op)
+
+    # -------------------------------------------------------------- reuse across sweeps
+
+    def reuse_finished(self, sweep_id: int, todo: list[tuple[int, PlannedTrial]], rules: ReuseRules
+                       ) -> tuple[list[tuple[int, PlannedTrial]], int, dict[str, int]]:
+        """Link planned trials to a completed (config hash, seed) of another sweep instead of training them.
+
+        The planned row takes the source's results as they are (its git SHA, host, hardware, versions, dates,
+        metric points and eval rows), with `summary.reused_from` naming the source; the table and the
+        dashboard then show it like any other trial. Only trials trained by their own sweep are sources.
+        Returns (still to run, number reused, {stale reason: count} of stored results passed over).
+        """
+        if not todo:
+            return todo, 0, {}
+
+        def op(s: Session) -> tuple[set[int], dict[str, int]]:
+            by_key = {(p.config_hash, p.seed): (row_id, p) for row_id, p in todo}
+            candidates = s.execute(
+                select(TrialRow, SweepRow.name, SweepRow.definition).join(SweepRow)
+                .where(TrialRow.sweep_id != sweep_id, TrialRow.status == "completed",
+                       TrialRow.config_hash.in_({h for h, _ in by_key}))
+                .order_by(TrialRow.finished_at.desc()))
+            linked, stale = set(), {}
+            for source, sweep_name, definition in candidates:
+                row_id, planned = by_key.get((source.config_hash, source.seed), (None, None))
+                if row_id is None or row_id in linked or (source.summary or {}).get("reused_from"):
+                    continue
+                reason = rules.stale_reason(source, definition or {}, planned)
+                if reason:
+                    stale[reason] = stale.get(reason, 0) + 1
+                    continue
+                _link(s, s.get(TrialRow, row_id), source, sweep_name)
+                linked.add(row_id)
+            return linked, stale
+
+        linked, stale = self._write(op)
+        return [(r, p) for r, p in todo if r not in linked], len(linked), stale
+
+    def reused_without_twin(self, sweep_id: int) -> list[tuple[TrialRow, list[dict[str, Any]]]]:
+        """Linked trials of this sweep that have no Optuna trial yet, with their metric records."""
+        def op(s: Session) -> list[tuple[TrialRow, list[dict[str, Any]]]]:
+            rows = s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep_id, TrialRow.status == "completed",
+                                                    TrialRow.optuna_trial_number.is_(None)).order_by(TrialRow.id))
+            out = []
+            for row in rows:
+                if (row.summary or {}).get("reused_from"):
+                    points = s.scalars(select(MetricRow).where(MetricRow.trial_id == row.id).order_by(MetricRow.step))
+                    out.append((row, [{k: getattr(m, k) for k in METRIC_FIELDS} for m in points]))
+            return out
+
+        return self._read(op)
+
+    def set_optuna_number(self, row_id: int, number: int) -> None:
+        def op(s: Session) -> None:
+            s.get(TrialRow, row_id).optuna_trial_number = number
+
+        self._write(op)
+
     # -------------------------------------------------------------- reading
 
     def progress(self, name: str) -> Progress | None:
@@ -405,3 +471,57 @@ class Ledger:
 def _aware(t: dt.datetime) -> dt.datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; we only ever write UTC
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+# ---------------------------------------------------------------- reuse across sweeps
+
+REUSED_COPY_FIELDS = ("git_sha", "git_dirty", "host", "hardware", "versions", "budget_kind", "budget_amount",
+                      "prepare_s", "compile_s", "train_s", "eval_s", *SUMMARY_FIELDS, "started_at", "finished_at")
+"what a linked trial takes from its source: its results and its own provenance (git SHA, hardware, dates)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReuseRules:
+    """When a completed trial of another sweep, with the same (config hash, seed), stands in for one here.
+
+    The config hash fixes the experiment (every config group, the budget included), so the question is only
+    what else would make the stored number differ from the one this run would measure. Stale, not reused:
+    - another trainer backend (the fake one of the tests must never stand in for real training);
+    - other downstream settings (the trial's scores would sit in a column measured another way);
+    - under a seconds budget, other hardware (the hardware string holds the device and, on CPU, the torch
+      threads): what a second buys depends on the machine. Token and FLOP budgets are machine-independent.
+    Not stale: another git SHA or a dirty tree, other library versions, another host. These stay on the
+    linked row for anyone to check, and `--rerun` trains such trials afresh.
+    """
+
+    backend: str
+    downstream: dict[str, Any] | None
+    "the run's DownstreamSpec.identity(), or None"
+    hardware: Callable[[PlannedTrial], str | None]
+    "the hardware string this run's trial would record (None: unknown, so a seconds budget is stale)"
+
+    def stale_reason(self, source: TrialRow, definition: dict[str, Any], planned: PlannedTrial) -> str | None:
+        if definition.get("backend", "cram_core") != self.backend:
+            return f"trained by backend {definition.get('backend', 'cram_core')}"
+        ds = definition.get("downstream")
+        if (DownstreamSpec.from_dict(ds).identity() if ds else None) != self.downstream:
+            return "other downstream settings"
+        if source.budget_kind == "seconds":
+            here = self.hardware(planned)
+            if here is None or source.hardware != here:
+                return "seconds budget on other hardware"
+        return None
+
+
+def _link(s: Session, row: TrialRow, source: TrialRow, sweep_name: str) -> None:
+    _clear_results(s, row.id)
+    reset_trial_results(row)
+    for name in REUSED_COPY_FIELDS:
+        setattr(row, name, getattr(source, name))
+    row.status = "completed"
+    row.reason = f"reused: trained by sweep {sweep_name!r} (trial {source.id})"
+    row.summary = {**(source.summary or {}), "reused_from": {"trial_id": source.id, "sweep": sweep_name}}
+    for m in s.scalars(select(MetricRow).where(MetricRow.trial_id == source.id)):
+        s.add(MetricRow(trial_id=row.id, **{k: getattr(m, k) for k in METRIC_FIELDS}))
+    for e in s.scalars(select(EvalRow).where(EvalRow.trial_id == source.id)):
+        s.add(EvalRow(trial_id=row.id, task=e.task, metric=e.metric, value=e.value, seed=e.seed))

@@ -28,16 +28,19 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
 from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_overrides, with_seed
-from sweeps.ledger import Ledger
+from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
+
+if TYPE_CHECKING:
+    from analysis.stats import Best
 from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
                           one_line, trial_main)
 
@@ -47,6 +50,8 @@ OVERHEAD_GUESS_S = 10.0
 # How often the driver marks itself alive in the store, so a second `run` of the same sweep can tell a live
 # driver from a killed one.
 HEARTBEAT_S = 10.0
+# Retries of a trial whose worker died (a node lost, OOM-killed): a trainer error is a result, never retried.
+MAX_FAILURES = 2
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -60,6 +65,12 @@ class RunOptions:
     "fine-tune every completed trial on these tasks; part of the sweep's stored definition"
     keep_models: str | None = None
     "keep each trial's model under KEEP/<sweep>/<variant>-seed<k>/ (else a temp folder, removed)"
+    rerun: bool = False
+    "train every trial this sweep has not finished itself, even one another sweep in the store completed"
+    storage_path: str | None = None
+    "Tune's run folder: a path (or URI, s3://...) every node of the cluster shares; default a local temp folder"
+    max_failures: int = MAX_FAILURES
+    "times Tune retries a trial whose worker or node died (its partial points are deleted first)"
 
 
 def downstream_spec(tasks: str | list[str], *, seeds: int = 1, epochs: int = 5, max_train: int | None = None,
@@ -160,6 +171,8 @@ class _Driver:
         self.last_heartbeat = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.active:  # the same Tune trial again: a restore we did not ask for
+            self.on_trial_recover(iteration, trials, trial)
         budget = (self.resolved.base.budget.kind, self.resolved.base.budget.amount)
         if self.search:
             overrides = trial.config["overrides"]
@@ -198,6 +211,22 @@ class _Driver:
         error = trial.get_error()
         reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
         self._finish(trial.trial_id, {"status": "failed", "reason": f"worker error: {reason}"})
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Its worker or node died and Tune (FailureConfig) runs it again from the start: the attempt's points
+        go; a grid trial's Optuna twin ends FAIL with the reason and the retry gets a new one (a search
+        trial keeps its Optuna trial, which OptunaSearch owns)."""
+        t = self.active.pop(trial.trial_id, None)
+        if t is None or t["summarised"]:
+            return
+        self.ledger.restart(t["row"])
+        if not self.search:
+            error = trial.get_error()
+            reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
+            self.mirror.set_attrs(t["optuna"], {"status": "failed", "status_reason": f"retried: {reason}"})
+            self.mirror.finish(t["optuna"], None)
+        self.progress.running.pop(trial.trial_id, None)  # not finished: it is queued again
+        self.progress.console.print(f"[yellow]{t['variant']} (seed {t['seed']}): worker died, retrying[/]")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t = self.active.get(trial.trial_id)
@@ -328,6 +357,8 @@ class RunResult:
     wall_s: float
     complete: bool
     "False when the run was stopped (Ctrl-C) with trials left: rerunning the command resumes"
+    reused: int = 0
+    "trials linked to a completed (config hash, seed) of another sweep instead of trained"
 
 
 def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | None = None) -> RunResult:
@@ -336,10 +367,10 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     sweep = resolved.sweep
     _, prepare = load_backend(opts.backend)
     ledger = Ledger(opts.store_url)
-    started_ray, stopped, sweep_id = False, 0, None
+    started_ray, stopped, sweep_id, reused = False, 0, None, 0
     try:
         ledger.check_compatible(resolved, opts.downstream)
-        ledger.check_not_running(resolved.name)
+        ledger.claim(resolved.name)  # atomic: of two drivers racing here, one gets SweepBusy
         if opts.address:
             started_ray = start_ray(opts.address)
             cpus, gpus = cluster_resources()
@@ -368,13 +399,19 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             data_configs = {resolved.base.data: []} if todo_count else {}
         else:
             grid_rows, skipped = ledger.plan(sweep_id, resolved.trials(), retry_failed=opts.retry_failed)
+            if not opts.rerun:
+                grid_rows, reused, stale = ledger.reuse_finished(sweep_id, grid_rows, _reuse_rules(opts, placement))
+                _mirror_reused(ledger, mirror, sweep_id, placement)
+                if stale:
+                    console.print("not reused (stale): " + ", ".join(f"{n} {why}" for why, n in stale.items()))
             todo_count = len(grid_rows)
             data_configs = {}
             for row_id, planned in grid_rows:
                 data_configs.setdefault(planned.config.data, []).append(row_id)
 
         console.print(
-            f"[bold]{resolved.name}[/]: {resolved.num_trials} trials ({skipped} already done, {todo_count} to run) "
+            f"[bold]{resolved.name}[/]: {resolved.num_trials} trials ({skipped} already done, "
+            + (f"{reused} reused from other sweeps, " if reused else "") + f"{todo_count} to run) "
             f"| preset {resolved.preset}, budget {resolved.budget_text} | {placement.describe()}"
         )
         if opts.downstream:
@@ -389,7 +426,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             git = _git_state()
             budget = resolved.base.budget
             estimate = budget.amount + OVERHEAD_GUESS_S if budget.kind == "seconds" else None
-            progress = LiveProgress(resolved.name, total=resolved.num_trials, already_done=skipped,
+            progress = LiveProgress(resolved.name, total=resolved.num_trials, already_done=skipped + reused,
                                     concurrency=placement.concurrency, console=console, estimate_trial_s=estimate)
             driver = type("DriverCallback", (_Driver, _callback_base()), {})(
                 ledger=ledger, mirror=mirror, resolved=resolved, sweep_id=sweep_id, grid_rows=grid_rows, git=git,
@@ -407,7 +444,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         else:
             complete = final.counts["planned"] == 0 and final.counts["running"] == 0 and not stopped
         return RunResult(resolved.name, opts.store_url, todo_count, skipped, final.counts, final.best,
-                         time.monotonic() - t_start, complete)
+                         time.monotonic() - t_start, complete, reused)
     finally:
         if sweep_id is not None:
             ledger.heartbeat(sweep_id, clear=True)
@@ -427,6 +464,51 @@ def _finished_twins(ledger: Ledger, sweep_id: int, placement: Placement
         out[number] = (value, trial_attrs(variant=row.variant, seed=row.seed, config_hash=row.config_hash,
                                           summary=summary, gpus=placement.gpus_per_trial))
     return out
+
+
+def _reuse_rules(opts: RunOptions, placement: Placement) -> ReuseRules:
+    downstream = opts.downstream.identity() if opts.downstream else None
+    names: dict[int, str | None] = {}
+
+    def hardware(planned: Any) -> str | None:
+        # on a cluster the trial may land on any node: only this machine's hardware is known here
+        threads = planned.config.impl.threads or placement.threads
+        if threads not in names:
+            names[threads] = _trial_hardware(placement, threads)
+        return names[threads]
+
+    return ReuseRules(backend=opts.backend, downstream=downstream, hardware=hardware)
+
+
+def _trial_hardware(placement: Placement, threads: int) -> str | None:
+    """The hardware string a trial placed here records (cram_core.hardware.device_name in the worker)."""
+    import torch
+
+    from cram_core import hardware
+
+    if placement.gpus_per_trial:
+        return hardware.device_name(torch.device("cuda")) if torch.cuda.is_available() else None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return hardware.device_name(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _mirror_reused(ledger: Ledger, mirror: OptunaMirror, sweep_id: int, placement: Placement) -> None:
+    """Give every linked trial its Optuna twin in this sweep's study, finished with the stored result (also
+    those a driver killed right after linking left without one)."""
+    for row, records in ledger.reused_without_twin(sweep_id):
+        summary = row.summary or {}
+        attrs = trial_attrs(variant=row.variant, seed=row.seed, config_hash=row.config_hash, summary=summary,
+                            gpus=placement.gpus_per_trial)
+        attrs["reused_from"] = f"{summary['reused_from']['sweep']} trial {summary['reused_from']['trial_id']}"
+        optuna_id, number = mirror.start(row.variant, attrs)
+        mirror.report(optuna_id, records)
+        mirror.close_curve(optuna_id, summary)
+        mirror.finish(optuna_id, objective(summary))
+        ledger.set_optuna_number(row.id, number)
 
 
 def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, list[int]],
@@ -488,7 +570,11 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=placement.concurrency, reuse_actors=True)
         param_space = {"index": tune.grid_search(list(range(len(grid_rows))))}
     trainable = tune.with_resources(tune.with_parameters(trial_main, static=static), resources)
-    storage = tempfile.mkdtemp(prefix="cram-tune-")
+    # Tune's run folder must be storage every node shares once trials run on several machines (Ray >= 2.7);
+    # a local folder is shared only on one machine. Its experiment state is not used for resume (the store
+    # is), so a run's folder is removed afterwards: a unique name keeps two runs on one path apart.
+    storage = opts.storage_path or tempfile.mkdtemp(prefix="cram-tune-")
+    run_name = f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     try:
         tuner = tune.Tuner(
             trainable, param_space=param_space, tune_config=tune_config,

@@ -156,9 +156,17 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
                         on_trained=flush)
     flush()
     summary = {k: _plain(v) for k, v in summary.items()}
+    summary["node"] = _ray_node()
     value = objective(summary) if summary.get("status") == "completed" else None
     # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
     tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
+
+
+def _ray_node() -> dict[str, str]:
+    """Which Ray node ran the trial: on one machine several nodes share the IP, so the node id tells them apart."""
+    import ray
+
+    return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
 def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any]], None] | None,
