@@ -86,6 +86,7 @@ def save_training_state(path: Path, parts: Any, loader: Any, clock: Any, average
                 "clock": clock.state_dict(),
                 "loader": loader.state_dict(),
                 "generator": parts.generator.get_state(),
+                "scaler": parts.scaler.state_dict(),  # fp16 loss scale (plain numbers); {} otherwise
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
@@ -169,6 +170,7 @@ def load_training_state(path: Path, parts: Any, loader: Any, clock: Any, average
         clock.load_state_dict(state["clock"])
         loader.load_state_dict(state["loader"])
         parts.generator.set_state(state["generator"])
+        parts.scaler.load_state_dict(state.get("scaler", {}))  # a no-op unless fp16
         torch.set_rng_state(state["torch_rng"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"--resume {path}: the checkpoint does not fit this run ({_one_line(e)})") from None

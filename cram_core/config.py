@@ -374,6 +374,9 @@ class RunConfig:
         )
         for length, _ in self.train.curriculum():
             _check(length <= self.data.seq_len, f"train.seq_len_curriculum length {length} exceeds data.seq_len")
+        _check(not (self.impl.precision == "fp16" and self.optim.wrapper == "sam"),
+               "impl.precision=fp16 can't be combined with optim.wrapper=sam (fp16 loss scaling can't step "
+               "SAM's closure); valid with sam: auto, fp32, bf16")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {g: dataclasses.asdict(getattr(self, g)) for g in GROUPS}

@@ -46,6 +46,11 @@ def resolve_dtype(impl: ImplConfig, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
+def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for fp16 autocast, whose gradients underflow to 0 unscaled (bf16 has fp32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+
+
 def should_compile(impl: ImplConfig, device: torch.device) -> bool:
     return impl.compile == "on" or (impl.compile == "auto" and device.type == "cuda")
 

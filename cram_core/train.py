@@ -52,6 +52,7 @@ class Parts:
     objective: MLMObjective
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    scaler: torch.amp.GradScaler  # loss scaling for fp16 autocast; a pass-through otherwise
     vocab_size: int
     flops_cache: dict[int, float] = field(default_factory=dict)
 
@@ -98,6 +99,7 @@ def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
         objective=MLMObjective(cfg.objective, vocab_size),
         optimizer=optimizer,
         generator=generator,
+        scaler=hardware.grad_scaler(amp_dtype, device),
         vocab_size=vocab_size,
     )
 
@@ -125,7 +127,7 @@ def accumulate_gradients(parts: Parts, micro_batches: list[torch.Tensor]) -> tor
     scale = 1.0 / len(micro_batches)
     for batch in micro_batches:
         loss = forward_loss(parts, batch, parts.objective, parts.generator)
-        (loss * scale).backward()
+        parts.scaler.scale(loss * scale).backward()
         total += loss.detach() * scale
     return total
 
@@ -147,10 +149,12 @@ def optimizer_step(parts: Parts, micro_batches: list[torch.Tensor], lr: float) -
 
         clip_grad_norm(parts.model, parts.cfg.optim.grad_clip)
         parts.optimizer.step(closure)
-    else:
+    else:  # fp16: RunConfig refuses SAM, since GradScaler can't step a closure
         loss = accumulate_gradients(parts, micro_batches)
+        parts.scaler.unscale_(parts.optimizer)  # clipping (and LARS) see the true gradients
         clip_grad_norm(parts.model, parts.cfg.optim.grad_clip)
-        parts.optimizer.step()
+        parts.scaler.step(parts.optimizer)  # skipped when a gradient overflowed; the scale then backs off
+        parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
     return loss
 
