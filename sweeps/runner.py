@@ -370,7 +370,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     started_ray, stopped, sweep_id, reused = False, 0, None, 0
     try:
         ledger.check_compatible(resolved, opts.downstream)
-        ledger.check_not_running(resolved.name)
+        ledger.claim(resolved.name)  # atomic: of two drivers racing here, one gets SweepBusy
         if opts.address:
             started_ray = start_ray(opts.address)
             cpus, gpus = cluster_resources()
