@@ -143,7 +143,7 @@ class LiveProgress:
 
     def running_table(self) -> Table:
         """One row per running trial: variant, seed, a bar of p, current train loss, tokens, time so far."""
-        table = Table(box=None, padding=(0, 1), header_style="bold dim", show_edge=False)
+        table = Table(box=None, padding=(0, 1), header_style="bold dim", show_edge=False, pad_edge=False)
         for col, justify in (("running", "left"), ("seed", "right"), ("p", "left"), ("", "right"),
                              ("loss", "right"), ("tokens", "right"), ("time", "right")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
