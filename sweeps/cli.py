@@ -298,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f", {counts['planned'] + counts['cancelled']} not run" if counts["planned"] + counts["cancelled"] else "")
     )
     if result.best:
-        console.print(f"best: {result.best[0]} (seed {result.best[1]}) loss {result.best[2]:.4f}")
+        console.print(f"best (mean over seeds, 95% CI): {result.best.describe()}")
     _print_table(url, result.name, console)
     store_arg = "" if url == store_url(DEFAULT_STORE) else f" --store {url}"
     console.print(f"results: store {url} (sweep {result.name!r}, Optuna study {result.name!r})")
@@ -389,7 +389,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             assert p is not None
             concurrency = (p.definition.get("placement") or {}).get("concurrency", 1)
             c = p.counts
-            best = f"{p.best[0]} (seed {p.best[1]}) {format_loss(p.best[2])}" if p.best else "-"
+            best = p.best.describe() if p.best else "-"
             if c["running"]:
                 eta = format_seconds(p.eta_seconds(concurrency))
             elif c["planned"]:  # nothing running: the sweep was stopped; this is what a rerun needs

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +40,9 @@ from sweeps.store import (
 )
 from sweeps.trial import DownstreamSpec, describe_downstream, objective, one_line
 
+if TYPE_CHECKING:
+    from analysis.stats import Best
+
 FINAL_STATUSES = ("completed", "diverged")
 "never rerun: a diverged trial is a result (that config is unstable), not an accident"
 
@@ -54,8 +57,8 @@ class Progress:
 
     name: str
     counts: dict[str, int]
-    best: tuple[str, int, float] | None
-    "(variant, seed, objective) of the best finished trial"
+    best: Best | None
+    "the variant with the best mean objective over its completed seeds, with its CI (not the luckiest seed)"
     mean_trial_s: float | None
     running_elapsed_s: list[float]
     definition: dict[str, Any]
@@ -507,7 +510,7 @@ class Ledger:
                                     .group_by(TrialRow.status)).all())
             rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id,
                                                          TrialRow.status.in_(("completed", "running")))))
-            best = None
+            values: dict[str, list[float]] = {}
             durations, running = [], []
             now = _now()
             for r in rows:
@@ -517,8 +520,11 @@ class Ledger:
                 if r.started_at and r.finished_at and r.status == "completed":
                     durations.append((_aware(r.finished_at) - _aware(r.started_at)).total_seconds())
                 value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
-                if value is not None and (best is None or value < best[2]):
-                    best = (r.variant, r.seed, value)
+                if value is not None:
+                    values.setdefault(r.variant, []).append(value)
+            from analysis.stats import best_mean  # scipy: paid only by the commands that read progress
+
+            best = best_mean(values)
             mean = sum(durations) / len(durations) if durations else None
             return Progress(name, {k: counts.get(k, 0) for k in ("planned", "running", "completed", "diverged",
                                                                   "failed", "cancelled")},
