@@ -1,14 +1,23 @@
 """Throughput benchmark: ``python -m cram_core.bench --preset crammed-bert``.
 
-Times the real training step (masking, forward, backward, clipping, optimizer) of a preset on random
+Times the real training step (masking, forward, loss, backward, clipping, optimizer) of a preset on random
 tokens, after compilation and warm-up, and prints tokens/s, MFU against the datasheet peak, utilisation
-against a measured matmul rate, and peak memory. ``--reference hf`` times Hugging Face
+against a measured matmul rate, peak memory and the compile time. ``--reference hf`` times Hugging Face
 ``BertForMaskedLM`` (bert-base shape, bf16, SDPA, fused AdamW, compiled) on the same inputs for comparison.
+
+``--vary group.field=a,b`` adds one row per value (repeat it for every combination), e.g. to pick a
+micro-batch by measurement or to set fp8 beside bf16; ``--profile`` prints where one step's time goes
+(torch.profiler: device-busy share of the wall time, kernel groups, top kernels). Compile times are cold:
+each run uses a fresh compiler cache unless ``--warm-cache`` is given.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import tempfile
 import time
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -16,7 +25,7 @@ import torch
 from cram_core import hardware
 from cram_core.cli import OneLineParser, run_main
 from cram_core.config import ConfigError
-from cram_core.train import build_parts, default_preset, optimizer_step, parse_config, warm_up
+from cram_core.train import Parts, build_parts, default_preset, optimizer_step, parse_config, warm_up
 
 
 def _sync(device: torch.device) -> None:
@@ -24,7 +33,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_preset(preset: str | None, overrides: list[str], steps: int, vocab_size: int) -> dict[str, Any]:
+def bench_preset(preset: str | None, overrides: list[str], steps: int, vocab_size: int,
+                 profile: bool = False) -> dict[str, Any]:
     cfg = parse_config(preset, overrides)
     parts = build_parts(cfg, vocab_size)
     micro, seq_len = cfg.train.micro_batch_size, cfg.data.seq_len
@@ -53,7 +63,88 @@ def bench_preset(preset: str | None, overrides: list[str], steps: int, vocab_siz
         "tokens_per_second": tokens / seconds,
         "flops_per_second": flops / seconds,
         "memory_gb": torch.cuda.max_memory_allocated(parts.device) / 2**30 if parts.device.type == "cuda" else None,
+        "profile": profile_steps(parts, batches, 3) if profile else None,
     }
+
+
+# ---------------------------------------------------------------- profile
+
+# Kernel/op name fragments -> group, first match wins (lower-case). cuBLAS/CUTLASS Hopper matmuls are
+# named nvjet*/sm90_*; fp8 ones go through _scaled_mm; Triton kernels are the compiler's fusions.
+KERNEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "matmul": ("gemm", "nvjet", "cutlass", "sm90_xmma", "scaled_mm", "aten::mm", "aten::addmm", "aten::bmm",
+               "aten::linear", "aten::matmul"),
+    "attention": ("flash", "fmha", "attention", "cudnn"),
+    "optimizer / foreach": ("adam", "multi_tensor", "foreach"),
+    "compiler fusions (norm, GLU, loss)": ("triton",),
+    "copies": ("memcpy", "memset", "copy"),
+}
+
+
+def kernel_group(name: str) -> str:
+    lower = name.lower()
+    for group, fragments in KERNEL_GROUPS.items():
+        if any(f in lower for f in fragments):
+            return group
+    return "other"
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals: time with at least one kernel running."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def profile_steps(parts: Parts, batches: list[torch.Tensor], steps: int) -> list[str]:
+    """One-line-per-finding summary of ``steps`` profiled training steps: device busy vs idle, groups, top kernels.
+
+    On CUDA the device events are kernels (busy = the union of their intervals); on the CPU they are the
+    top-level aten ops' self times, and busy/idle is not reported.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = parts.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    lr = parts.cfg.optim.lr
+    with profile(activities=activities) as prof:
+        _sync(parts.device)
+        start = time.perf_counter()
+        for i in range(steps):
+            optimizer_step(parts, [batches[i % len(batches)]], lr)
+        _sync(parts.device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    if cuda:
+        events = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+                  if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        events = [(e.key, 0.0, e.self_cpu_time_total) for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e - s for _, s, e in events) or 1.0
+    per_name: dict[str, float] = defaultdict(float)
+    per_group: dict[str, float] = defaultdict(float)
+    for name, s, e in events:
+        per_name[name] += e - s
+        per_group[kernel_group(name)] += e - s
+    ms = 1e-3 / steps  # microseconds summed over the steps -> ms per step
+    head = f"profile: {steps} steps, {wall_us * ms:.2f} ms/step wall"
+    if cuda:
+        busy = busy_time([(s, e) for _, s, e in events])
+        head += (f"; device busy {busy * ms:.2f} ms/step ({busy / wall_us:.1%} of wall, idle gaps "
+                 f"{(wall_us - busy) * ms:.2f} ms); {len(events) // steps} kernels/step")
+    lines = [head]
+    lines += [f"  {g:<36} {t * ms:8.2f} ms/step {t / total:6.1%}" for g, t in sorted(per_group.items(), key=lambda x: -x[1])]
+    lines.append("  top:")
+    lines += [f"  {t * ms:8.2f} ms  {n[:100]}" for n, t in sorted(per_name.items(), key=lambda x: -x[1])[:12]]
+    return lines
+
+
+# ---------------------------------------------------------------- HF reference
 
 
 def bench_hf_reference(steps: int, micro: int, seq_len: int, vocab_size: int) -> dict[str, Any]:
@@ -94,7 +185,23 @@ def bench_hf_reference(steps: int, micro: int, seq_len: int, vocab_size: int) ->
         "tokens_per_second": steps * micro * seq_len / seconds,
         "flops_per_second": None,
         "memory_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+        "profile": None,
     }
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def variant_overrides(varies: list[str]) -> list[list[str]]:
+    """``["a.b=1,2", "c.d=x,y"]`` -> one override list per combination: [[a.b=1, c.d=x], [a.b=1, c.d=y], ...]."""
+    axes = []
+    for vary in varies:
+        key, sep, values = vary.partition("=")
+        choices = [v for v in values.split(",") if v]
+        if not sep or not key or not choices:
+            raise ConfigError(f"--vary {vary!r}: expected group.field=value1,value2,...")
+        axes.append([f"{key}={v}" for v in choices])
+    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,34 +211,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 10 on CPU)")
     parser.add_argument("--vocab-size", type=int, default=None, help="vocabulary (default: the preset's data.vocab_size)")
     parser.add_argument("--reference", choices=["none", "hf"], default="none", help="also time HF BertForMaskedLM")
+    parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                        help="one row per value, e.g. impl.precision=bf16,fp8 (repeat for every combination)")
+    parser.add_argument("--profile", action="store_true", help="profile 3 steps of each row: where the time goes")
+    parser.add_argument("--warm-cache", action="store_true", help="reuse the compiler's on-disk cache (compile "
+                        "times are then not cold)")
     args = parser.parse_args(argv)
     try:
-        cfg = parse_config(args.preset, args.overrides)
-    except ConfigError as e:
+        variants = [args.overrides + extra for extra in variant_overrides(args.vary)]
+        cfgs = [parse_config(args.preset, overrides) for overrides in variants]
+        cfg = cfgs[0]
+        device = hardware.resolve_device(cfg.impl)
+        for c in cfgs:
+            hardware.check_precision(c.impl, device)
+        if args.reference == "hf" and device.type != "cuda":
+            raise ConfigError("--reference hf needs CUDA")
+    except (ConfigError, RuntimeError) as e:
         return parser.fail(e)
-    device = hardware.resolve_device(cfg.impl)
+    if not args.warm_cache:  # read by inductor at compile time, so this makes every compile here cold
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cram-bench-inductor-")
     steps = args.steps or (50 if device.type == "cuda" else 10)
     vocab = args.vocab_size or cfg.data.vocab_size
-    rows = [bench_preset(args.preset, args.overrides, steps, vocab)]
+    rows = []
+    for overrides, extra in zip(variants, variant_overrides(args.vary)):
+        row = bench_preset(args.preset, overrides, steps, vocab, profile=args.profile)
+        row["name"] += "".join(f" {e}" for e in extra)
+        rows.append(row)
     if args.reference == "hf":
-        if device.type != "cuda":
-            return parser.fail("--reference hf needs CUDA")
         rows.append(bench_hf_reference(steps, cfg.train.micro_batch_size, cfg.data.seq_len, vocab))
+    _print_rows(rows, device, steps)
+    return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], device: torch.device, steps: int) -> None:
     peak = hardware.peak_flops(device)
     measured = hardware.measure_matmul_flops(device, rows[0]["dtype"])
     print(f"device: {hardware.device_name(device)}; precision {rows[0]['dtype'] or 'fp32'}; {steps} timed steps")
     print(f"matmul ceiling measured here: {measured / 1e12:.3g} TFLOP/s"
           + (f"; datasheet peak {peak / 1e12:.0f} TFLOP/s" if peak else "; no datasheet peak (MFU n/a)"))
-    print(f"{'run':<52} {'params':>8} {'tokens/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'of meas.':>8} {'mem GB':>7} {'compile s':>9}")
+    width = max(52, *(len(r["name"]) for r in rows))
+    print(f"{'run':<{width}} {'params':>8} {'tokens/s':>12} {'TFLOP/s':>8} {'MFU':>6} {'of meas.':>8} {'mem GB':>7} "
+          f"{'compile s':>9}")
     for r in rows:
         fps = r["flops_per_second"]
         mfu = f"{fps / peak:.1%}" if fps and peak else "n/a"
         util = f"{fps / measured:.1%}" if fps else "n/a"
         tf = f"{fps / 1e12:.3g}" if fps else "n/a"
         mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "n/a"
-        print(f"{r['name']:<52} {r['params'] / 1e6:>7.1f}M {r['tokens_per_second']:>12,.0f} {tf:>8} {mfu:>6} "
+        print(f"{r['name']:<{width}} {r['params'] / 1e6:>7.1f}M {r['tokens_per_second']:>12,.0f} {tf:>8} {mfu:>6} "
               f"{util:>8} {mem:>7} {r['compile_s']:>9.1f}")
-    return 0
+    for r in rows:
+        if r["profile"]:
+            print(f"{r['name']}:")
+            print("\n".join(r["profile"]))
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ class TrainConfig:
     averaging: Literal["none", "ema", "lawa"] = "none"
     "weight averaging evaluated at the end: exponential moving average or latest-weight averaging"
     ema_decay: float = 0.999
-    "EMA decay per optimizer step, warmed up as min(decay, (1+t)/(10+t)) at step t so the init fades out"
+    "EMA decay per optimizer step"
     lawa_k: int = 6
     "LAWA: number of checkpoints averaged"
     lawa_every: float = 0.05
@@ -331,8 +331,8 @@ class DataConfig:
 class ImplConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     "where to train; auto = cuda when available"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    "autocast precision; auto = bf16 on CUDA, fp32 on CPU"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = "auto"
+    "autocast precision; auto = bf16 on CUDA, fp32 on CPU; fp8 = torchao float8 linears in the blocks, bf16 elsewhere"
     compile: Literal["auto", "on", "off"] = "auto"
     "torch.compile the model; auto = on for CUDA"
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"

@@ -6,10 +6,11 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from cram_core.config import ImplConfig
+from cram_core.config import ConfigError, ImplConfig
 
 # Dense bf16 tensor-core peak (datasheet, without sparsity), FLOP/s. Matched by substring of the
 # device name, most specific first. MFU against these is the convention; `bench` also reports
@@ -43,7 +44,45 @@ def resolve_dtype(impl: ImplConfig, device: torch.device) -> torch.dtype | None:
     choice = impl.precision
     if choice == "auto":
         choice = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[choice]
+
+
+def check_precision(impl: ImplConfig, device: torch.device) -> None:
+    """Fail before any data is prepared or written when impl.precision cannot run on ``device``."""
+    if impl.precision == "fp8":
+        _float8_api(device)
+
+
+def _float8_api(device: torch.device) -> Any:
+    try:
+        from torchao import float8
+    except ImportError as e:
+        raise ConfigError(f"impl.precision=fp8 needs torchao (pip install 'torchao>=0.17'): {e}; "
+                          "valid without it: auto, fp32, bf16, fp16") from None
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ConfigError(f"impl.precision=fp8 needs compute capability >= 8.9 (Ada, Hopper); "
+                          f"{torch.cuda.get_device_name(device)} has {torch.cuda.get_device_capability(device)}; "
+                          "valid here: auto, fp32, bf16, fp16")
+    return float8
+
+
+def apply_precision(model: torch.nn.Module, impl: ImplConfig, device: torch.device) -> torch.nn.Module:
+    """impl.precision=fp8: the encoder blocks' linear layers become torchao Float8Linear (dynamic
+    tensorwise scaling: e4m3 inputs and weights, e5m2 output gradients); everything else runs under bf16
+    autocast. The embeddings and the MLM head stay bf16: the decoder is the tied token table, and the
+    output layer is the most sensitive to fp8 rounding. Parameters (and so the optimizer) are unchanged.
+    Any other precision returns ``model`` untouched.
+    """
+    if impl.precision != "fp8":
+        return model
+    float8 = _float8_api(device)
+
+    def in_blocks(module: torch.nn.Module, name: str) -> bool:
+        # fp8 matmuls need both dimensions divisible by 16
+        return name.startswith("blocks.") and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    recipe = float8.Float8LinearConfig.from_recipe_name("tensorwise")
+    return float8.convert_to_float8_training(model, config=recipe, module_filter_fn=in_blocks)
 
 
 def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:

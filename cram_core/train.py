@@ -48,7 +48,8 @@ class Parts:
     device: torch.device
     amp_dtype: torch.dtype | None
     model: torch.nn.Module
-    step_model: Callable[..., torch.Tensor]  # compiled or plain forward
+    step_loss: Callable[..., torch.Tensor]  # (input_ids, positions, position_ids, targets) -> loss; maybe compiled
+    compiled: bool
     objective: MLMObjective
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
@@ -84,22 +85,29 @@ def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
     # one stream per purpose (cram_core.rng): same seed => same init, masks and dropout across variants
     model = build_model(cfg.model, vocab_size, seed).to(device)
     torch.manual_seed(rng.stream_seed(seed, "dropout"))  # torch's global stream: dropout, layer drop
+    model = hardware.apply_precision(model, cfg.impl, device)  # fp8: swaps the linears, keeps the parameters
     fused = cfg.impl.fused_optimizer and device.type == "cuda"
     optimizer = build_optimizer(cfg.optim, model, fused=fused)
-    step_model: Callable[..., torch.Tensor] = model
-    if hardware.should_compile(cfg.impl, device):
-        step_model = torch.compile(model, mode=None if cfg.impl.compile_mode == "default" else cfg.impl.compile_mode)
+    objective = MLMObjective(cfg.objective, vocab_size)
+    amp_dtype = hardware.resolve_dtype(cfg.impl, device)
+    step_loss = _loss_function(model, objective, device, amp_dtype)
+    compiled = hardware.should_compile(cfg.impl, device)
+    if compiled:
+        # The loss is compiled with the model so that the fp32 upcast of the [N,V] logits and the
+        # cross-entropy fuse into a few kernels instead of materialising [N,V] fp32 tensors.
+        step_loss = torch.compile(step_loss, mode=None if cfg.impl.compile_mode == "default" else cfg.impl.compile_mode)
     generator = rng.generator(seed, "masks", device)
     return Parts(
         cfg=cfg,
         device=device,
-        amp_dtype=hardware.resolve_dtype(cfg.impl, device),
+        amp_dtype=amp_dtype,
         model=model,
-        step_model=step_model,
-        objective=MLMObjective(cfg.objective, vocab_size),
+        step_loss=step_loss,
+        compiled=compiled,
+        objective=objective,
         optimizer=optimizer,
         generator=generator,
-        scaler=hardware.grad_scaler(hardware.resolve_dtype(cfg.impl, device), device),
+        scaler=hardware.grad_scaler(amp_dtype, device),
         vocab_size=vocab_size,
     )
 
@@ -116,9 +124,20 @@ def reshape_for_length(batch: torch.Tensor, seq_len: int) -> torch.Tensor:
 def forward_loss(parts: Parts, tokens: torch.Tensor, objective: MLMObjective, generator: torch.Generator,
                  model: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     masked = objective.mask(tokens, generator)
-    with torch.autocast(parts.device.type, dtype=parts.amp_dtype or torch.float32, enabled=parts.amp_dtype is not None):
-        logits = (model or parts.step_model)(masked.input_ids, masked.positions, masked.position_ids)
-    return objective.loss(logits, masked.targets)
+    loss_fn = parts.step_loss if model is None and objective is parts.objective else (
+        _loss_function(model or parts.model, objective, parts.device, parts.amp_dtype))
+    return loss_fn(masked.input_ids, masked.positions, masked.position_ids, masked.targets)
+
+
+def _loss_function(model: Callable[..., torch.Tensor], objective: MLMObjective, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> Callable[..., torch.Tensor]:
+    def loss_fn(input_ids: torch.Tensor, positions: torch.Tensor, position_ids: torch.Tensor | None,
+                targets: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(input_ids, positions, position_ids)
+        return objective.loss(logits, targets)
+
+    return loss_fn
 
 
 def accumulate_gradients(parts: Parts, micro_batches: list[torch.Tensor]) -> torch.Tensor:
@@ -165,7 +184,7 @@ def warm_up(parts: Parts, sample: torch.Tensor) -> float:
     lengths = {parts.cfg.data.seq_len} | {n for n, _ in parts.cfg.train.curriculum()}
     rng_cpu = torch.get_rng_state()
     rng_gen = parts.generator.get_state()
-    passes = 2 if parts.step_model is not parts.model else 1
+    passes = 2 if parts.compiled else 1
     for length in sorted(lengths):
         for _ in range(passes):
             loss = forward_loss(parts, reshape_for_length(sample, length), parts.objective, parts.generator)
@@ -309,6 +328,7 @@ def train(
     """
     from cram_core.data import TrainLoader, prepare
 
+    hardware.check_precision(cfg.impl, hardware.resolve_device(cfg.impl))  # before anything is prepared or written
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir else None
     prepared = prepared if prepared is not None else prepare(cfg.data, progress=progress)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 # Bump when the same config would now produce different prepared data.
-CACHE_VERSION = 5
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)
