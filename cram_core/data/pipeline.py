@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 # Bump when the same config would now produce different prepared data.
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
     sources = parse_sources(cfg.source)
     root = cache_root(cfg)
     final = root / cache_key(cfg, sources)
+    clean_stale_builds(root)
     if final.is_dir():
         try:
             return _load(final, cache_hit=True)
@@ -80,7 +82,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
                   file=sys.stderr)
             _discard(final)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}@{socket.gethostname()}-", dir=root))
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared cache unreadable to other users
         build(cfg, sources, tmp, progress=progress)
@@ -94,6 +96,57 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> PreparedData:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _load(final, cache_hit=False)
+
+
+STALE_BUILD_S = 24 * 3600.0
+"a temporary build folder this old is debris whoever made it (another host's, or one named without its pid)"
+
+
+def clean_stale_builds(root: Path) -> list[Path]:
+    """Remove the temporary folders of builds that can no longer finish; returns what was removed.
+
+    A build works in ``.tmp-<key>-<pid>@<host>-<random>`` and renames it into place; a build that was killed
+    (SIGKILL, a lost node) leaves it behind. One is stale when its pid is gone on this host, or when it (or a
+    ``.trash-`` folder of a discarded entry) is older than STALE_BUILD_S, which also covers other hosts sharing
+    the cache. A live build's folder is never touched.
+    """
+    removed = []
+    try:
+        entries = [e for e in root.iterdir() if e.name.startswith((".tmp-", ".trash-")) and e.is_dir()]
+    except OSError:  # no cache yet, or unreadable: nothing of ours to clean
+        return removed
+    now = time.time()
+    for entry in entries:
+        owner = _build_owner(entry.name)
+        try:
+            old = now - entry.stat().st_mtime > STALE_BUILD_S
+        except OSError:
+            continue
+        dead = owner is not None and owner[1] == socket.gethostname() and not _pid_alive(owner[0])
+        if old or dead:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _build_owner(name: str) -> tuple[int, str] | None:
+    """(pid, host) from ``.tmp-<key>-<pid>@<host>-<random>`` (mkdtemp's random part has no '-')."""
+    if not name.startswith(".tmp-"):
+        return None
+    _, _, rest = name[len(".tmp-"):].partition("-")
+    owner = rest.rsplit("-", 1)[0]
+    pid, at, host = owner.partition("@")
+    return (int(pid), host) if at and pid.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _discard(path: Path) -> None:
