@@ -26,7 +26,7 @@ from optuna_dashboard import save_note
 from sqlalchemy import inspect, text
 
 from analysis import tables
-from analysis.load import connect, normalize_url
+from analysis.load import connect, load_sweep, normalize_url
 from sweeps.mirror import artifact_store
 
 OPTUNA_STUDIES_TABLE = "studies"
@@ -95,6 +95,8 @@ def note_body(store_url: str, sweep_name: str, study: optuna.Study, artifacts: d
         f"Rebuild: `python -m analysis plot {sweep_name} --store {store_url} --x both`",
         "",
         tables.sweep_table(store_url, sweep_name, fmt="md"),
+        "",
+        tables.best_line(load_sweep(store_url, sweep_name)) or "",
         "",
         "### Trials",
         "",

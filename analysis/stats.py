@@ -24,7 +24,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 ALPHA = 0.05
 CONFIDENCE = 1.0 - ALPHA
@@ -167,6 +166,8 @@ def holm(comparisons: list[Comparison | None], alpha: float = ALPHA) -> list[Com
     out = list(comparisons)
     if not index:
         return out
+    from statsmodels.stats.multitest import multipletests  # 2 s to import: only when there is a family
+
     adjusted = multipletests([comparisons[i].p_value for i in index], alpha=alpha, method="holm")[1]  # type: ignore[union-attr]
     for i, p in zip(index, adjusted):
         out[i] = dataclasses.replace(comparisons[i], p_adjusted=float(p))  # type: ignore[arg-type]

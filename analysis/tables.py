@@ -261,6 +261,24 @@ def summarize(frames: SweepFrames, *, ci: str = "t") -> SweepSummary:
     return summary
 
 
+def best_line(frames: SweepFrames) -> str | None:
+    """The variant with the best mean loss over its seeds (diverging ones excluded), its CI and paired Δ."""
+    summary = summarize(frames)
+    rows = summary.rows.set_index("variant")
+    completed = frames.trials[frames.trials["status"] == "completed"]
+    eligible = rows.index[~rows["verdict"].str.startswith("diverged")]
+    best = stats.best_mean({v: completed.loc[completed["variant"] == v, summary.loss_metric].to_numpy(float)
+                            for v in eligible})
+    if best is None:
+        return None
+    row = rows.loc[best.variant]
+    text = f"Best (mean over seeds, 95% CI): {best.describe()}"
+    if not row["is_baseline"] and not _is_nan(row["delta_loss"]):
+        text += (f"; Δ vs {summary.baseline} {fmt_delta(row['delta_loss'], row['delta_ci95'])}, "
+                 f"p (Holm) {fmt_p(row['p_holm'], _testable(row, summary))}: {row['verdict']}")
+    return text + "."
+
+
 def variant_order(trials: pd.DataFrame, baseline: str | None) -> list[str]:
     """Baseline first, then the variants in the order their first trial was stored."""
     # first appearance follows the sweep definition's order, which is how the author thinks of the axis

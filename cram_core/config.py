@@ -200,7 +200,7 @@ class TrainConfig:
     averaging: Literal["none", "ema", "lawa"] = "none"
     "weight averaging evaluated at the end: exponential moving average or latest-weight averaging"
     ema_decay: float = 0.999
-    "EMA decay per optimizer step"
+    "EMA decay per optimizer step, warmed up as min(decay, (1+t)/(10+t)) at step t so the init fades out"
     lawa_k: int = 6
     "LAWA: number of checkpoints averaged"
     lawa_every: float = 0.05

@@ -107,7 +107,7 @@ def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
         objective=objective,
         optimizer=optimizer,
         generator=generator,
-        scaler=hardware.grad_scaler(amp_dtype, device),
+        scaler=hardware.grad_scaler(hardware.resolve_dtype(cfg.impl, device), device),
         vocab_size=vocab_size,
     )
 

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "a stored ad-hoc sweep: the one it was run with)")
         q.add_argument("--budget", help="per-trial budget: 90s, 10m, 1h, 50Mtok, 2e17flop (default: the sweep's "
                                         "for this preset, else the preset's)")
-        q.add_argument("--seeds", type=int, help="seeds per variant, grid sweeps (default: the sweep's, 2 for --vary)")
+        q.add_argument("--seeds", type=int, help="seeds per variant, grid sweeps (default: the sweep's)")
         q.add_argument("--trials", type=int, help="number of TPE samples, search sweeps (default: the sweep's)")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.FIELD=VALUE",
                        help="override the baseline of every variant, repeatable (default: none)")
@@ -170,8 +170,12 @@ def _resolve(args: argparse.Namespace) -> ResolvedSweep:
     else:
         sweep, stored = find_sweep(args.name, file_sweeps=file_sweeps, store=store_url(args.store))
     if stored is not None and preset is None and budget is None and not overrides:
-        # a stored ad-hoc sweep resumes as it was run: same preset, budget and --set overrides
-        preset, overrides = stored.get("preset"), list(stored.get("base_overrides") or [])
+        # a stored ad-hoc sweep resumes as it was run: same preset, budget and --set overrides (the budget
+        # as one override from the stored amount: a list naming two budget kinds would be refused)
+        preset = stored.get("preset")
+        overrides = [o for o in stored.get("base_overrides") or [] if not o.startswith("budget.")]
+        if stored.get("budget"):
+            overrides.append(f"budget.{stored['budget']['kind']}={stored['budget']['amount']!r}")
     resolved = resolve(sweep, preset=preset, budget=budget, seeds=seeds, num_trials=args.trials,
                        overrides=overrides)
     if stored is not None and resolved.base.hash() == stored.get("base_config_hash"):
@@ -294,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         + (f", {counts['planned'] + counts['cancelled']} not run" if counts["planned"] + counts["cancelled"] else "")
     )
     if result.best:
-        console.print(f"best: {result.best[0]} (seed {result.best[1]}) loss {result.best[2]:.4f}")
+        console.print(f"best (mean over seeds, 95% CI): {result.best.describe()}")
     _print_table(url, result.name, console)
     store_arg = "" if url == store_url(DEFAULT_STORE) else f" --store {url}"
     console.print(f"results: store {url} (sweep {result.name!r}, Optuna study {result.name!r})")
@@ -351,7 +355,7 @@ TEXT_COLUMNS = ("variant", "verdict", "group", "runs ok/div/fail", "reason", "st
 def rich_table(display: Any, caption: str | None = None) -> Table:
     """A formatted DataFrame (strings) as a rich table: the variant column bold, verdicts coloured."""
     table = Table(caption=caption, caption_justify="left", header_style="bold", box=None, padding=(0, 1),
-                  show_edge=False)
+                  pad_edge=False, show_edge=False)
     for col in display.columns:
         table.add_column(str(col), justify="left" if col in TEXT_COLUMNS else "right",
                          style="bold" if col == "variant" else None, overflow="fold")
@@ -385,7 +389,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             assert p is not None
             concurrency = (p.definition.get("placement") or {}).get("concurrency", 1)
             c = p.counts
-            best = f"{p.best[0]} (seed {p.best[1]}) {format_loss(p.best[2])}" if p.best else "-"
+            best = p.best.describe() if p.best else "-"
             if c["running"]:
                 eta = format_seconds(p.eta_seconds(concurrency))
             elif c["planned"]:  # nothing running: the sweep was stopped; this is what a rerun needs

@@ -13,10 +13,12 @@ import math
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cram_core.config import ConfigError, RunConfig
@@ -24,6 +26,7 @@ from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
 from sweeps.store import (
     SUMMARY_FIELDS,
     METRIC_FIELDS,
+    DriverRow,
     EvalRow,
     MetricRow,
     SweepRow,
@@ -33,10 +36,12 @@ from sweeps.store import (
     reset_trial_results,
     retry_on_locked,
     session_factory,
-    sqlite_path,
     to_json,
 )
 from sweeps.trial import DownstreamSpec, describe_downstream, objective, one_line
+
+if TYPE_CHECKING:
+    from analysis.stats import Best
 
 FINAL_STATUSES = ("completed", "diverged")
 "never rerun: a diverged trial is a result (that config is unstable), not an accident"
@@ -52,8 +57,8 @@ class Progress:
 
     name: str
     counts: dict[str, int]
-    best: tuple[str, int, float] | None
-    "(variant, seed, objective) of the best finished trial"
+    best: Best | None
+    "the variant with the best mean objective over its completed seeds, with its CI (not the luckiest seed)"
     mean_trial_s: float | None
     running_elapsed_s: list[float]
     definition: dict[str, Any]
@@ -103,17 +108,35 @@ def _pid_alive(pid: int) -> bool:
     return pid > 0
 
 
+def _driver_alive(row: DriverRow) -> bool:
+    age_s = time.time() - row.heartbeat
+    if row.host == socket.gethostname():
+        return _pid_alive(row.pid) and age_s < DRIVER_STALE_S * 10
+    return age_s < DRIVER_STALE_S
+
+
+def _busy(name: str, row: DriverRow) -> SweepBusy:
+    age_s = time.time() - row.heartbeat
+    return SweepBusy(f"sweep {name!r} is being run right now by pid {row.pid} on {row.host} (alive {age_s:.0f} s "
+                     f"ago); see python -m sweeps status {name}")
+
+
 class Ledger:
     def __init__(self, url: str, *, create: bool = True):
-        path = sqlite_path(url)
-        if create and path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        """``create=False``: an existing store, opened read-only where the database allows (SQLite)."""
         self.url = url
         self.engine = make_engine(url, create=create)
         self._sessions = session_factory(self.engine)
+        self._claim: tuple[str, str] | None = None
+        "(sweep name, token) while this ledger is a sweep's live driver"
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Release this driver's claim, if it holds one, and the connections."""
+        try:
+            if self._claim is not None:
+                self.release()
+        finally:
+            self.engine.dispose()
 
     # -------------------------------------------------------------- low level
 
@@ -171,33 +194,72 @@ class Ledger:
             )
 
     def check_not_running(self, name: str) -> None:
-        """Refuse a second driver on a sweep whose first driver is alive: its recovery step would mark the
-        first one's running trials as interrupted. A dead driver (killed, crashed) is no obstacle."""
-        row = self.sweep(name)
-        driver = (row.definition or {}).get("driver") if row else None
-        if not driver:
+        """Raise SweepBusy if a live driver holds ``name`` (a look only: `claim` is the atomic step)."""
+        row = self._read(lambda s: s.get(DriverRow, name))
+        if row is not None and _driver_alive(row):
+            raise _busy(name, row)
+
+    def claim(self, name: str) -> None:
+        """Become the one live driver of sweep ``name``, or raise SweepBusy naming the live one.
+
+        A second driver would mark the first one's running trials as interrupted. The claim is one atomic
+        step on any database: the first claim is an INSERT on the sweep name (a primary key, so of two racing
+        drivers one gets an IntegrityError and looks again), and taking over from a dead driver (killed,
+        crashed) is an UPDATE conditional on the token that was read, which only one of two racers can match.
+        """
+        token = uuid.uuid4().hex
+        mine = {"token": token, "host": socket.gethostname(), "pid": os.getpid()}
+
+        def op(s: Session) -> DriverRow | bool:
+            row = s.get(DriverRow, name)
+            if row is None:
+                s.add(DriverRow(sweep=name, heartbeat=time.time(), **mine))
+                s.flush()
+                return True
+            if _driver_alive(row):
+                s.expunge(row)
+                return row
+            taken = s.execute(update(DriverRow).where(DriverRow.sweep == name, DriverRow.token == row.token)
+                              .values(heartbeat=time.time(), **mine).execution_options(synchronize_session=False))
+            return taken.rowcount == 1
+
+        for _ in range(20):  # a lost race is decided on the next look: the winner is alive
+            try:
+                outcome = self._write(op)
+            except IntegrityError:
+                continue
+            if outcome is True:
+                self._claim = (name, token)
+                return
+            if isinstance(outcome, DriverRow):
+                raise _busy(name, outcome)
+        raise SweepBusy(f"sweep {name!r}: could not claim it as its driver (another driver keeps taking it)")
+
+    def release(self) -> None:
+        """Give up this driver's claim (only its own: the token must still match)."""
+        if self._claim is None:
             return
-        age_s = time.time() - driver.get("heartbeat", 0)
-        if driver.get("host") == socket.gethostname():
-            alive = _pid_alive(driver.get("pid", -1)) and age_s < DRIVER_STALE_S * 10
-        else:
-            alive = age_s < DRIVER_STALE_S
-        if alive:
-            raise SweepBusy(f"sweep {name!r} is being run right now by pid {driver.get('pid')} on "
-                            f"{driver.get('host')} (alive {age_s:.0f} s ago); see python -m sweeps status {name}")
+        name, token = self._claim
+        self._claim = None
+        self._write(lambda s: s.execute(delete(DriverRow).where(DriverRow.sweep == name, DriverRow.token == token)))
 
     def heartbeat(self, sweep_id: int, *, clear: bool = False) -> None:
-        """Mark this process as the sweep's live driver (or, with clear, as gone)."""
-        def op(s: Session) -> None:
-            row = s.get(SweepRow, sweep_id)
-            definition = dict(row.definition)
-            if clear:
-                definition.pop("driver", None)
-            else:
-                definition["driver"] = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-            row.definition = definition
-
-        self._write(op)
+        """Mark this process as the sweep's live driver (claiming it if this ledger does not hold it yet), or,
+        with clear, as gone. A driver whose claim was taken over (it looked dead) stops with SweepBusy."""
+        if clear:
+            self.release()
+            return
+        if self._claim is None:
+            self.claim(self._read(lambda s: s.get(SweepRow, sweep_id).name))
+            return
+        name, token = self._claim
+        refreshed = self._write(lambda s: s.execute(
+            update(DriverRow).where(DriverRow.sweep == name, DriverRow.token == token)
+            .values(heartbeat=time.time()).execution_options(synchronize_session=False)).rowcount)
+        if refreshed != 1:
+            self._claim = None
+            row = self._read(lambda s: s.get(DriverRow, name))
+            raise _busy(name, row) if row is not None else SweepBusy(f"sweep {name!r}: this driver lost its claim")
 
     def upsert_sweep(self, resolved: ResolvedSweep, extra: dict[str, Any]) -> int:
         definition = to_json({**resolved.definition(), **extra})
@@ -448,7 +510,7 @@ class Ledger:
                                     .group_by(TrialRow.status)).all())
             rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id,
                                                          TrialRow.status.in_(("completed", "running")))))
-            best = None
+            values: dict[str, list[float]] = {}
             durations, running = [], []
             now = _now()
             for r in rows:
@@ -458,8 +520,11 @@ class Ledger:
                 if r.started_at and r.finished_at and r.status == "completed":
                     durations.append((_aware(r.finished_at) - _aware(r.started_at)).total_seconds())
                 value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
-                if value is not None and (best is None or value < best[2]):
-                    best = (r.variant, r.seed, value)
+                if value is not None:
+                    values.setdefault(r.variant, []).append(value)
+            from analysis.stats import best_mean  # scipy: paid only by the commands that read progress
+
+            best = best_mean(values)
             mean = sum(durations) / len(durations) if durations else None
             return Progress(name, {k: counts.get(k, 0) for k in ("planned", "running", "completed", "diverged",
                                                                   "failed", "cancelled")},

@@ -71,7 +71,8 @@ class LiveProgress:
         self.name, self.total, self.concurrency, self.console = name, total, concurrency, console
         self.done, self.failed, self.diverged = already_done, 0, 0
         self.running: dict[str, RunningTrial] = {}
-        self.best: tuple[str, int, float] | None = None
+        self.values: dict[str, list[float]] = {}
+        "completed trials' objective per variant: the live 'best' is the best mean over seeds"
         self.durations: list[float] = []
         self.estimate_trial_s = estimate_trial_s
         self.started = time.monotonic()
@@ -112,8 +113,8 @@ class LiveProgress:
             self.durations.append(wall)
         self.failed += status == "failed"
         self.diverged += status == "diverged"
-        if value is not None and (self.best is None or value < self.best[2]):
-            self.best = (variant, seed, value)
+        if value is not None:
+            self.values.setdefault(variant, []).append(value)
         result = f"loss {format_loss(value)}" if value is not None else status + (f": {reason}" if reason else "")
         if note and value is not None:
             result += f" | {note}"
@@ -134,7 +135,10 @@ class LiveProgress:
         return (max(0, queued) * mean + left_running) / max(1, self.concurrency)
 
     def status_line(self) -> Text:
-        best = f"{self.best[0]} (seed {self.best[1]}) {format_loss(self.best[2])}" if self.best else MISSING
+        from analysis.stats import best_mean  # the CLI edge: scipy is already loaded by then
+
+        best_variant = best_mean(self.values)
+        best = best_variant.describe() if best_variant else MISSING
         return Text(
             f"{self.name}: {self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed, "
             f"{self.diverged} diverged | best {best} | elapsed {format_seconds(time.monotonic() - self.started)}"
@@ -143,7 +147,7 @@ class LiveProgress:
 
     def running_table(self) -> Table:
         """One row per running trial: variant, seed, a bar of p, current train loss, tokens, time so far."""
-        table = Table(box=None, padding=(0, 1), header_style="bold dim", show_edge=False)
+        table = Table(box=None, padding=(0, 1), header_style="bold dim", show_edge=False, pad_edge=False)
         for col, justify in (("running", "left"), ("seed", "right"), ("p", "left"), ("", "right"),
                              ("loss", "right"), ("tokens", "right"), ("time", "right")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]

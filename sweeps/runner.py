@@ -38,11 +38,11 @@ from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_ove
 from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
+from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
+                          one_line, trial_main)
 
 if TYPE_CHECKING:
     from analysis.stats import Best
-from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
-                          one_line, trial_main)
 
 RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
 # Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.
@@ -353,7 +353,8 @@ class RunResult:
     ran: int
     skipped: int
     counts: dict[str, int]
-    best: tuple[str, int, float] | None
+    best: Best | None
+    "the best mean over seeds with its CI (sweeps.ledger.Progress.best)"
     wall_s: float
     complete: bool
     "False when the run was stopped (Ctrl-C) with trials left: rerunning the command resumes"
@@ -370,7 +371,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     started_ray, stopped, sweep_id, reused = False, 0, None, 0
     try:
         ledger.check_compatible(resolved, opts.downstream)
-        ledger.check_not_running(resolved.name)
+        ledger.claim(resolved.name)  # atomic: of two drivers racing here, one gets SweepBusy
         if opts.address:
             started_ray = start_ray(opts.address)
             cpus, gpus = cluster_resources()

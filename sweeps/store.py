@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 DEFAULT_STORE = "sqlite:///results.db"
@@ -127,6 +130,20 @@ class EvalRow(Base):
     trial: Mapped[TrialRow] = relationship(back_populates="evals")
 
 
+class DriverRow(Base):
+    """The one live driver of a sweep. The primary key makes the first claim atomic, and a takeover from a dead
+    driver is a conditional UPDATE on the token it read, so two drivers can never both hold a sweep."""
+
+    __tablename__ = "cram_drivers"
+    sweep: Mapped[str] = mapped_column(String(200), primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
+    "random per claim; every refresh or release names it, so a driver that lost its claim cannot touch another's"
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    heartbeat: Mapped[float] = mapped_column(Float)
+    "time.time() of the driver's last sign of life"
+
+
 METRIC_FIELDS = ("step", "progress", "tokens", "seconds", "flops", "loss", "lr", "batch_size", "seq_len",
                  "tokens_per_second", "mfu")
 SUMMARY_FIELDS = ("final_loss", "eval_loss", "tokens", "seconds", "flops", "steps", "tokens_per_second", "mfu",
@@ -137,6 +154,12 @@ class StoreError(RuntimeError):
     """The store cannot be opened or is not ours; the message is one line."""
 
 
+OPTUNA_TABLES = frozenset({"studies", "study_directions", "study_system_attributes", "study_user_attributes",
+                           "trial_heartbeats", "trial_intermediate_values", "trial_params", "trial_system_attributes",
+                           "trial_user_attributes", "trial_values", "trials", "version_info", "alembic_version"})
+"Optuna's RDB storage tables (optuna.storages._rdb.models, plus its Alembic version table)"
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block our writes
@@ -145,23 +168,114 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_read_only_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # no journal_mode here: setting it rewrites the file header, and a read-only command must leave it as it was
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
 def make_engine(url: str = DEFAULT_STORE, *, create: bool = True) -> Engine:
-    """Engine for ``url``; with ``create=False`` a missing SQLite file or missing tables is a StoreError."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not create and not path.exists():
-            raise StoreError(f"no store at {path} (run a sweep first, or pass --store URL)")
+    """Engine for ``url``. Every way the store can be unusable is a one-line StoreError.
+
+    ``create=True`` (``sweeps run``) creates a missing store and our tables, and refuses a database holding
+    tables that are neither ours nor Optuna's. ``create=False`` (status, dashboard, analysis) needs an existing
+    store with our tables and opens a SQLite file read-only (``mode=ro``), so it is never changed, not even the
+    header; a file that is not a store is left exactly as it was.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        _check_sqlite_path(path, create=create)
+        if path.exists():  # look before anything writes: a foreign or broken file stays exactly as it was
+            probe = _open(_read_only_url(path), url, read_only=True)
+            _guarded(probe, url, lambda: _check_tables(probe, url, create=create))
+            if not create:
+                return probe
+            probe.dispose()
+    engine = _open(url, url, read_only=False)
+    if path is None:
+        _guarded(engine, url, lambda: _check_tables(engine, url, create=create))
+    if create:
+        _guarded(engine, url, lambda: Base.metadata.create_all(engine))
+    return engine
+
+
+def _open(url: str, shown: str, *, read_only: bool) -> Engine:
     try:
         engine = create_engine(url, future=True)
     except Exception as e:  # bad URL or missing driver: one line for the user
-        raise StoreError(f"cannot open store {url!r}: {e}") from None
+        raise StoreError(f"cannot open store {shown!r}: {_first_line(e)}") from None
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    if create:
-        Base.metadata.create_all(engine)
-    elif not inspect(engine).has_table(TrialRow.__tablename__):
-        raise StoreError(f"store {url!r} has no cram tables (not a results store?)")
+        event.listen(engine, "connect", _sqlite_read_only_pragmas if read_only else _sqlite_pragmas)
     return engine
+
+
+def _guarded(engine: Engine, url: str, fn: Any) -> None:
+    """Run ``fn``; on any failure the engine is disposed and a database error becomes a one-line StoreError."""
+    try:
+        fn()
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise StoreError(_describe(url, e)) from None
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _check_tables(engine: Engine, url: str, *, create: bool) -> None:
+    names = set(inspect(engine).get_table_names())
+    if create:
+        foreign = sorted(names - set(Base.metadata.tables) - OPTUNA_TABLES)
+        if foreign:
+            raise StoreError(f"store {url!r} holds tables that are neither ours nor Optuna's "
+                             f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): not a results "
+                             "store; give another --store")
+    elif TrialRow.__tablename__ not in names:
+        raise StoreError(f"store {url!r} has no cram tables (not a results store?)")
+
+
+def _check_sqlite_path(path: Path, *, create: bool) -> None:
+    if path.is_dir():
+        raise StoreError(f"store {path} is a directory; give a file in it, e.g. --store {path / 'results.db'}")
+    if not path.exists():
+        if not create:
+            raise StoreError(f"no store at {path} (run a sweep first, or pass --store URL)")
+        blocker = next((a for a in path.parents if a.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise StoreError(f"cannot create store {path}: {blocker} is a file, not a folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create store {path}: {e.strerror or e} ({path.parent})") from None
+    folder = path.parent if str(path.parent) else Path(".")
+    if create and not os.access(folder, os.W_OK):  # WAL mode writes -wal and -shm files beside the store
+        raise StoreError(f"cannot write store {path}: its folder {folder} is read-only")
+    if create and path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"cannot write store {path}: the file is read-only")
+
+
+def _read_only_url(path: Path) -> str:
+    # SQLite URI filename: the path percent-encoded, so '?' or '#' in a folder name cannot end it early
+    return f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _describe(url: str, e: BaseException) -> str:
+    """One line for a database error met while opening the store."""
+    reason = _first_line(e)
+    low = reason.lower()
+    if "file is not a database" in low or "not a database" in low:
+        return f"store {url!r} is not a SQLite database (a results store is a SQLite file or a SQLAlchemy URL)"
+    if "readonly database" in low or "read-only" in low:
+        return f"cannot write store {url!r}: it is read-only ({reason})"
+    if "unable to open database file" in low:
+        return f"cannot open store {url!r}: unable to open the file or create its journal (is its folder writable?)"
+    return f"cannot open store {url!r}: {reason}"
 
 
 def session_factory(engine: Engine) -> sessionmaker:

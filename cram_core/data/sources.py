@@ -215,12 +215,23 @@ def _read_parquet(src: Source, text_field: str) -> Iterator[str]:
         try:
             pf = pq.ParquetFile(path)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError derive from these
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
         if text_field not in pf.schema_arrow.names:
             raise DataError(f"{path}: no column {text_field!r} (data.text_field); found: {', '.join(pf.schema_arrow.names)}")
-        for batch in pf.iter_batches(columns=[text_field]):
-            for value in batch.column(0).to_pylist():
+        batches = pf.iter_batches(columns=[text_field])
+        while True:
+            try:  # the footer can be intact while a page is not: decompression and decoding fail here
+                values = next(batches).column(0).to_pylist()
+            except StopIteration:
+                break
+            except (OSError, ValueError) as e:  # e.g. "Corrupt snappy compressed data", invalid UTF-8
+                raise DataError(f"{path}: corrupt Parquet data ({_one_line(e)})") from None
+            for value in values:
                 yield _as_text(value, text_field, path)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _read_hf(src: Source, text_field: str) -> Iterator[str]:

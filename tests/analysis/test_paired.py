@@ -142,3 +142,10 @@ def test_best_is_the_best_mean_over_seeds_with_its_ci():
     assert (best.mean, best.ci_half_width) == pytest.approx(stats.mean_ci([2.4, 2.41, 2.39]))
     assert "steady" in best.describe() and "± " in best.describe() and "3 seeds" in best.describe()
     assert stats.best_mean({}) is None
+
+
+def test_best_line_for_the_dashboard_note(store_url):
+    line = tables.best_line(load_sweep(store_url, "lr_schedules"))
+    # ramp diverged and is never "best"; inverse-sqrt's single seed (2.45) loses to one-cycle's mean (2.40)
+    assert line == ("Best (mean over seeds, 95% CI): one-cycle 2.4000 ± 0.025 (mean of 3 seeds); "
+                    "Δ vs baseline −0.100 ± 0.025, p (Holm) 0.007: helped.")

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -43,6 +44,9 @@ def random_weights(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
+LATE = 1000  # a step past the decay warm-up for every decay these tests use: d_t = decay there
+
+
 def averager(model: nn.Module, **fields) -> WeightAverager:
     return WeightAverager(TrainConfig(**fields), model)
 
@@ -76,7 +80,7 @@ def test_ema_matches_hand_computed_average():
     avg = averager(model, averaging="ema", ema_decay=0.9)
     for step in (1, 2, 3):
         model.load_state_dict(w[step])
-        avg.update(model, step=step, p=step / 10)
+        avg.update(model, step=LATE + step, p=step / 10)
     # ema_3 = d^3 w0 + d^2 (1-d) w1 + d (1-d) w2 + (1-d) w3 with d = 0.9
     expected = {
         name: 0.729 * w[0][name].float() + 0.081 * w[1][name] + 0.09 * w[2][name] + 0.1 * w[3][name]
@@ -84,6 +88,31 @@ def test_ema_matches_hand_computed_average():
     }
     expected["norm.num_batches_tracked"] = w[3]["norm.num_batches_tracked"]  # integers: the live value
     assert_state(avg.averaged_state_dict(), expected, model)
+
+
+@pytest.mark.parametrize("decay, num_steps", [(0.999, 7), (0.999, 60), (0.5, 20)])
+def test_ema_decay_warm_up_matches_the_closed_form(decay, num_steps):
+    """Init at 0, then weights 1 from step 1 on: ema_n = 1 - prod_t min(decay, (1+t)/(10+t)).
+
+    While the warm-up binds the product is 10! (n+1)! / (n+10)!; (1+t)/(10+t) reaches 0.5 at t = 8, so for
+    decay 0.5 it is 10! 8! / 17! (steps 1..7) times 0.5 per later step.
+    """
+    model = Tiny()
+    zeros = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    ones = {k: torch.ones_like(v) if v.is_floating_point() else v for k, v in zeros.items()}
+    model.load_state_dict(zeros)
+    avg = averager(model, averaging="ema", ema_decay=decay)
+    model.load_state_dict(ones)
+    for step in range(1, num_steps + 1):
+        avg.update(model, step=step, p=step / num_steps)
+    f = math.factorial
+    if decay == 0.5:
+        init_weight = f(10) * f(8) / f(17) * 0.5 ** (num_steps - 7)
+    else:
+        init_weight = f(10) * f(num_steps + 1) / f(num_steps + 10)
+    value = avg.averaged_state_dict()["embedding.weight"]
+    torch.testing.assert_close(value, torch.full_like(value, 1.0 - init_weight), rtol=0, atol=1e-6)
+    assert init_weight < 0.2  # a fixed 0.999 would keep 0.993 (7 steps) and 0.94 (60 steps) of the init
 
 
 def test_ema_decay_limits():
@@ -94,8 +123,8 @@ def test_ema_decay_limits():
     all_memory = averager(model, averaging="ema", ema_decay=1.0 - 1e-9)
     for w in (w1, w2):
         model.load_state_dict(w)
-        no_memory.update(model, step=1, p=0.1)
-        all_memory.update(model, step=1, p=0.1)
+        no_memory.update(model, step=10**12, p=0.1)  # (1+t)/(10+t) > 1 - 1e-9 from t ~ 1e10 on
+        all_memory.update(model, step=10**12, p=0.1)
     assert_state(no_memory.averaged_state_dict(), w2, model)
     assert_state(all_memory.averaged_state_dict(), {**w0, "norm.num_batches_tracked": w2["norm.num_batches_tracked"]},
                  model)
@@ -108,7 +137,7 @@ def test_ema_keeps_float32_copies_of_low_precision_weights():
     avg = averager(model, averaging="ema", ema_decay=0.5)
     assert all(t.dtype == torch.float32 for t in avg.state_dict()["weights"].values())
     model.load_state_dict(w1)
-    avg.update(model, step=1, p=0.1)
+    avg.update(model, step=LATE, p=0.1)
     expected = {k: (0.5 * w0[k].float() + 0.5 * w1[k].float()).to(torch.bfloat16) if k != "norm.num_batches_tracked"
                 else w1[k] for k in w1}
     assert_state(avg.averaged_state_dict(), expected, model)
@@ -216,7 +245,7 @@ def test_update_through_a_wrapper_with_prefixed_names():
     model.load_state_dict(w0)
     avg = averager(model, averaging="ema", ema_decay=0.5)
     model.load_state_dict(w1)
-    avg.update(Wrapper(model), step=1, p=0.1)
+    avg.update(Wrapper(model), step=LATE, p=0.1)
     expected = {k: (w0[k].float() + w1[k]) / 2 for k in (*FLOAT_KEYS, "decoder.weight")}
     assert_state(avg.averaged_state_dict(), {**expected, "norm.num_batches_tracked": w1["norm.num_batches_tracked"]},
                  model)
