@@ -107,6 +107,29 @@ def drop_database(server_url: str, name: str) -> None:
         con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def query(url: str, sql: str) -> list:
+    """Rows of one SQL query on any store URL, from a connection of its own (the store's writer is another
+    process in the tests that use it)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as con:
+            return con.execute(text(sql)).fetchall()
+    finally:
+        engine.dispose()
+
+
+def trial_counts(url: str) -> dict[str, int]:
+    """{status: trials}, empty while the store has no tables yet."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return dict(query(url, "select status, count(*) from cram_trials group by status"))
+    except DBAPIError:
+        return {}
+
+
 # ---------------------------------------------------------------- Ray
 
 

@@ -12,3 +12,14 @@ def ray_local():
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine (`ray start --head` on 127.0.0.1, a second node joined with
+    `ray start --address`, 1 CPU each, temp folders of its own); only its own processes are stopped."""
+    import servers  # tests/servers.py, put on the path by tests/conftest.py
+
+    cluster = servers.ray_cluster()
+    yield cluster
+    cluster.stop()

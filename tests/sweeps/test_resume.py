@@ -13,29 +13,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import DBAPIError
 
+from servers import query, trial_counts  # tests/servers.py
 from sweeps.definitions import SWEEPS, resolve
 from sweeps.testing import NUM_RECORDS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _query(url: str, sql: str) -> list:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as con:
-            return con.execute(text(sql)).fetchall()
-    finally:
-        engine.dispose()
-
-
-def _counts(url: str) -> dict[str, int]:
-    try:
-        return dict(_query(url, "select status, count(*) from cram_trials group by status"))
-    except DBAPIError:  # not created yet
-        return {}
 
 
 def _command(url: str) -> list[str]:
@@ -55,7 +38,7 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path, db_url: str) -> None:
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            c = _counts(db_url)
+            c = trial_counts(db_url)
             # kill with a trial in flight, so the resume has an interrupted trial to redo
             if c.get("completed", 0) >= 1 and (c.get("running", 0) >= 1 or c.get("completed", 0) >= 3):
                 break
@@ -69,7 +52,7 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path, db_url: str) -> None:
         except ProcessLookupError:
             pass
         log.close()
-    at_kill = _counts(db_url)
+    at_kill = trial_counts(db_url)
     assert at_kill.get("completed", 0) >= 1 and sum(at_kill.values()) == 11
 
     second = subprocess.run(_command(db_url), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
@@ -79,8 +62,8 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path, db_url: str) -> None:
 
     resolved = resolve(SWEEPS["lr_schedules"], preset="tiny", budget="2s", seeds=1)
     planned = {(t.variant, t.seed) for t in resolved.trials()}
-    rows = _query(db_url, "select id, variant, seed, status, optuna_trial_number from cram_trials")
-    points = dict(_query(db_url, "select trial_id, count(*) from cram_metrics group by trial_id"))
+    rows = query(db_url, "select id, variant, seed, status, optuna_trial_number from cram_trials")
+    points = dict(query(db_url, "select trial_id, count(*) from cram_metrics group by trial_id"))
     assert sorted((v, s) for _, v, s, _, _ in rows) == sorted(planned)  # each exactly once
     assert all(status == "completed" for _, _, _, status, _ in rows)
     assert all(points.get(trial_id) == NUM_RECORDS for trial_id, *_ in rows)  # stale points removed
