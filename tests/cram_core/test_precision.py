@@ -122,3 +122,30 @@ def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
     resumed = train(cfg, out_dir=tmp_path / "resumed", progress=False, resume=ckpt)
     assert resumed["status"] == full["status"] == "completed"
     assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-6)
+
+
+def test_fp16_steps_through_an_optimizer_wrapper(data):
+    """LARS scales the (unscaled) gradients inside its step; the scaler steps the wrapper like any optimizer."""
+    parts = parts_for(data, "impl.precision=fp16", "optim.wrapper=lars")
+    before = params(parts)
+    optimizer_step(parts, data[1], lr=1e-3)
+    change = params(parts) - before
+    assert torch.isfinite(change).all() and change.abs().max() > 0
+    assert parts.scaler.get_scale() == 2.0**16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_with_the_fused_cuda_optimizer(data):
+    """Fused AdamW reads the scaler's found-inf flag itself; an explicit unscale_ before clipping must fit it."""
+    vocab_size, batches = data
+    parts = build_parts(apply_overrides(get_preset("tiny"), BASE + ["impl.device=cuda", "impl.precision=fp16",
+                                                                    "impl.compile=off", "optim.grad_clip=0.5"]),
+                        vocab_size)
+    before = params(parts)
+    loss = optimizer_step(parts, [b.cuda() for b in batches], lr=1e-3)
+    assert torch.isfinite(loss) and not torch.equal(params(parts), before)
+    parts.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**100)
+    before = params(parts)
+    optimizer_step(parts, [b.cuda() for b in batches], lr=1e-3)
+    assert torch.equal(params(parts), before) and parts.scaler.get_scale() == 2.0**99
