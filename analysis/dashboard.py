@@ -89,7 +89,7 @@ def note_body(store_url: str, sweep_name: str, study: optuna.Study, artifacts: d
     if figure is not None:
         lines += [f"![{figure}](/artifacts/{study._study_id}/{artifacts[figure]})", ""]
     lines += [
-        "Figures, table and report are under **Artifacts** on this page. Files on disk: "
+        "Figures and table are under **Study Artifacts** on the study's main page. Files on disk: "
         + ", ".join(f"`{p.resolve()}`" for p in files if p.suffix in (".png", ".html")),
         "",
         f"Rebuild: `python -m analysis plot {sweep_name} --store {store_url} --x both`",

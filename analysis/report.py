@@ -133,6 +133,18 @@ def provenance(store: Store, frames: SweepFrames) -> dict[str, str]:
     }
 
 
+def trials_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every trial, its numbers formatted as in the tables; "—" where there is none."""
+    formats = {"eval_loss": "{:.4f}".format, "final_loss": "{:.4f}".format, "seconds": "{:.1f}".format,
+               "tokens": tables.fmt_count, "tokens_per_second": tables.fmt_count}
+    out = trials[[c for c in TRIAL_COLUMNS if c in trials.columns]].astype(object)
+    for column in out.columns:
+        fmt = formats.get(column, str)
+        out[column] = [fmt(v) if v is not None and not (isinstance(v, float) and pd.isna(v)) else "—"
+                       for v in out[column]]
+    return out.rename(columns=TRIAL_COLUMNS)
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{_e(title)}</h2>\n{body}\n</section>"
 
@@ -160,9 +172,7 @@ def render(store: Store, sweep_name: str) -> str:
                  for v, rows in diffs.items()]
     parts.append(_section("Config of each variant against the baseline", "\n".join(diff_html) or
                           "<p>no baseline trial to compare against</p>"))
-    columns = [c for c in TRIAL_COLUMNS if c in frames.trials.columns]
-    trials = frames.trials[columns].rename(columns=TRIAL_COLUMNS)
-    parts.append(_section("Trials", _frame_html(trials)))
+    parts.append(_section("Trials", _frame_html(trials_frame(frames.trials))))
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Sweep {_e(sweep_name)}: report</title><style>{STYLE}</style></head><body>",
