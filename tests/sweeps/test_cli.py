@@ -228,3 +228,43 @@ def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert err == ""
+
+
+def _readme_commands(section: str) -> list[list[str]]:
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    body = text[text.index(f"## {section}\n"):]
+    body = body[: body.find("\n## ", 3)]  # up to the next section
+    commands = []
+    for block in body.split("```")[1::2]:
+        for line in block.splitlines():
+            if line.startswith("python -m "):
+                commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+def test_the_readme_tour_and_own_ablation_commands_parse_and_dry_run(tmp_path: Path, monkeypatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    # before: `--format md|csv|latex` and `--x tokens|seconds` were shell pipes, and --downstream worked only
+    # beside this repository's ../shared; every sweeps/analysis command of the README must run as written
+    from analysis.cli import _parser as analysis_parser
+
+    eval_root = REPO.parent / "shared" / "data" / "eval"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_sweeps.py").write_text(
+        "from sweeps.definitions import Sweep\n"
+        "MY_CLIP = Sweep(name='my_clip', section='training', axis='clip', variants={'c': {'optim.grad_clip': 0.0}})\n")
+    commands = _readme_commands("Tour") + _readme_commands("Your own ablation")
+    assert len(commands) > 20
+    for argv in commands:
+        module, args = argv[2], [a.replace("my_eval", str(eval_root)) for a in argv[3:]]
+        if module == "analysis":
+            analysis_parser().parse_args(args)
+        elif module == "sweeps" and args[0] in ("run", "show", "list"):
+            if "--downstream-data" in args and not eval_root.is_dir():
+                continue
+            extra = ["--dry-run", "--store", str(tmp_path / "r.db")] if args[0] == "run" else []
+            assert main([*args, *extra]) == 0, argv
+    assert not (tmp_path / "r.db").exists()
+    capsys.readouterr()
