@@ -140,7 +140,7 @@ class OptimConfig:
     name: Literal["adamw", "adam", "radam", "sgd", "adafactor", "lion"] = "adamw"
     "base optimizer"
     wrapper: Literal["none", "lars", "sam"] = "none"
-    "wrap the base optimizer: LARS layer-wise trust ratio, or SAM sharpness-aware two-step update"
+    "wrap the base optimizer: LARS (LARC scaling mode: each weight matrix's LR times its trust ratio, weight decay folded into the gradient), or SAM sharpness-aware two-step update"
     lr: float = 1e-3
     "peak learning rate"
     beta1: float = 0.9
@@ -158,7 +158,7 @@ class OptimConfig:
     sam_rho: float = 0.05
     "SAM neighbourhood radius"
     lars_trust: float = 0.02
-    "LARS trust coefficient"
+    "LARS trust coefficient: trust ratio = lars_trust * ||w|| / (||g|| + weight_decay * ||w||)"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")

@@ -216,13 +216,15 @@ class OptimizerWrapper(torch.optim.Optimizer):
 
 
 class LARS(OptimizerWrapper):
-    """LARC (apex) in clip mode: each decayed tensor's gradient is scaled by min(1, trust*||w|| / (lr*||g||)).
+    """LARC in scaling mode (You et al. 2017; apex's ``LARC(clip=False)``, which the paper's code used).
 
-    For SGD this makes the tensor's step lr_eff * g with lr_eff = min(lr, trust * ||w|| / ||g||), the
-    layer-wise rate of You et al. 2017 capped at the global lr. Scaling the gradient (not the update) is
-    what the paper's implementation does. Note: Adam-family bases and Adafactor normalise gradient scale
-    per coordinate, so with them the rescale cancels except through eps and the step-to-step change in the
-    ratio. Biases and norm parameters (the no_decay group) are left alone, as in LARS.
+    For each decayed weight tensor the weight decay is folded into the gradient and the result is scaled by
+    the tensor's trust ratio: g' = trust * ||w|| / (||g|| + wd * ||w|| + eps) * (g + wd * w); the base
+    optimizer then steps on g' with its own weight decay off for that step (it is already in g'). With SGD
+    the tensor's local LR is lr times the trust ratio. Adam-family bases and Adafactor normalise gradient
+    scale per coordinate, so with them the ratio acts through its step-to-step change and eps, while the
+    folded-in decay becomes L2 seen through the moments, as with apex LARC around Adam. A tensor with zero
+    weights or zero gradient keeps ratio 1. Biases and norm parameters (the no_decay group) are left alone.
     """
 
     def __init__(self, base: torch.optim.Optimizer, *, trust: float, eps: float = 1e-8) -> None:
@@ -232,21 +234,30 @@ class LARS(OptimizerWrapper):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        decays = [group["weight_decay"] for group in self.param_groups]
         for group in self.param_groups:
             weights = [p for p in group["params"] if p.grad is not None]
             if group["no_decay"] or not weights:
                 continue
+            wd = group["weight_decay"]
             grads = [p.grad for p in weights]
             weight_norms = torch._foreach_norm(weights)
             grad_norms = torch._foreach_norm(grads)
             scales = []
             for w_norm, g_norm in zip(weight_norms, grad_norms):
                 # kept as device tensors: a python comparison here would sync the GPU once per tensor
-                ratio = self.trust * w_norm / ((g_norm + self.eps) * group["lr"])
+                ratio = self.trust * w_norm / (g_norm + wd * w_norm + self.eps)
                 usable = (w_norm > 0) & (g_norm > 0)
-                scales.append(torch.where(usable, ratio.clamp(max=1.0), torch.ones_like(ratio)))
+                scales.append(torch.where(usable, ratio, torch.ones_like(ratio)))
+            if wd != 0:
+                torch._foreach_add_(grads, weights, alpha=wd)
             torch._foreach_mul_(grads, scales)
-        return self.base.step(closure)
+            group["weight_decay"] = 0.0
+        try:
+            return self.base.step(closure)
+        finally:
+            for group, wd in zip(self.param_groups, decays):
+                group["weight_decay"] = wd
 
 
 class SAM(OptimizerWrapper):

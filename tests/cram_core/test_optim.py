@@ -17,6 +17,8 @@ from cram_core.optim import (
 
 # learning rates at which each optimizer solves the toy problem in ~30 steps
 TOY_LR = {"adamw": 1e-2, "adam": 1e-2, "radam": 3e-2, "sgd": 2e-2, "adafactor": 5e-2, "lion": 1e-2}
+# LARS makes SGD's local LR lr * trust * ||w|| / ||g||, so SGD needs a larger global lr under it
+TOY_LR_WRAPPED = {("sgd", "lars"): 0.1}
 COMBOS = [(name, wrapper) for name in OPTIMIZERS for wrapper in WRAPPERS]
 
 
@@ -53,7 +55,8 @@ def toy_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def make(name: str, wrapper: str = "none", seed: int = 0, **overrides) -> tuple[Toy, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     model = Toy()
-    cfg = OptimConfig(name=name, wrapper=wrapper, **{"lr": TOY_LR[name], **overrides})
+    cfg = OptimConfig(name=name, wrapper=wrapper, **{"lr": TOY_LR_WRAPPED.get((name, wrapper), TOY_LR[name]),
+                                                      **overrides})
     return model, build_optimizer(cfg, model, fused=False)
 
 
@@ -255,26 +258,55 @@ def test_lion_matches_hand_computed_steps():
     torch.testing.assert_close(optimizer.state[layer.weight]["exp_avg"], m2)
 
 
-@pytest.mark.parametrize(("trust", "expected_scale"), [(0.1, 0.1), (10.0, 1.0)])
-def test_lars_scales_gradient_by_clipped_trust_ratio(trust, expected_scale):
-    results = {}
-    for wrapper in ("none", "lars"):
-        layer = nn.Linear(4, 2)
-        cfg = OptimConfig(name="sgd", wrapper=wrapper, lr=0.5, beta1=0.0, nesterov=False, weight_decay=0.0,
-                          lars_trust=trust)
-        optimizer = build_optimizer(cfg, layer, fused=False)
-        with torch.no_grad():
-            layer.weight.fill_(1.0)  # ||w|| = sqrt(8)
-            layer.bias.fill_(1.0)
-        layer.weight.grad = torch.full((2, 4), 2.0)  # ||g|| = 2 sqrt(8)
-        layer.bias.grad = torch.full((2,), 1.0)
-        optimizer.step()
-        results[wrapper] = layer
-    # trust * ||w|| / (lr * ||g||) = trust * 1 / (0.5 * 2) = trust, clipped at 1
-    torch.testing.assert_close(results["lars"].weight.detach(), torch.full((2, 4), 1.0 - 0.5 * 2.0 * expected_scale))
-    torch.testing.assert_close(results["none"].weight.detach(), torch.zeros(2, 4))
-    for layer in results.values():  # the bias is in the no_decay group: plain SGD
-        torch.testing.assert_close(layer.bias.detach(), torch.full((2,), 0.5))
+def _one_sgd_step(wrapper: str, **cfg) -> nn.Linear:
+    layer = nn.Linear(2, 1)
+    optimizer = build_optimizer(OptimConfig(name="sgd", wrapper=wrapper, lr=0.5, beta1=0.0, nesterov=False,
+                                            **cfg), layer, fused=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+        layer.bias.fill_(1.0)
+    layer.weight.grad = torch.tensor([[0.6, 0.8]])  # ||g|| = 1
+    layer.bias.grad = torch.tensor([1.0])
+    optimizer.step()
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [cfg["weight_decay"], 0.0]  # restored
+    return layer
+
+
+def test_lars_scales_the_local_lr_by_the_trust_ratio_with_weight_decay_folded_in():
+    """LARC scaling mode (apex clip=False). Before: clip mode, min(1, trust ||w|| / (lr ||g||)), a no-op here."""
+    lars = _one_sgd_step("lars", weight_decay=0.2, lars_trust=0.02)
+    # g + wd w = [1.2, 1.6]; ratio = 0.02 * 5 / (1 + 0.2 * 5) = 0.05; w - lr * ratio * (g + wd w)
+    torch.testing.assert_close(lars.weight.detach(), torch.tensor([[3.0 - 0.5 * 0.06, 4.0 - 0.5 * 0.08]]))
+    plain = _one_sgd_step("none", weight_decay=0.2, lars_trust=0.02)
+    torch.testing.assert_close(plain.weight.detach(), torch.tensor([[3.0 - 0.5 * 1.2, 4.0 - 0.5 * 1.6]]))
+    for layer in (lars, plain):  # the bias is in the no_decay group: plain SGD
+        torch.testing.assert_close(layer.bias.detach(), torch.tensor([0.5]))
+
+
+def _default_run(wrapper: str, **cfg) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = Toy()
+    optimizer = build_optimizer(OptimConfig(wrapper=wrapper, **cfg), model, fused=False)
+    data = toy_data()
+    for _ in range(3):
+        train_step(model, optimizer, data)
+    return flat_params(model)
+
+
+def test_lars_changes_the_update_at_the_defaults():
+    """Before: parameters after 3 steps were bit-identical with and without LARS at the defaults."""
+    torch.manual_seed(0)
+    start = flat_params(Toy())
+    plain, lars = _default_run("none"), _default_run("lars")
+    assert (lars - plain).abs().max() > 0.1 * (plain - start).abs().max()
+
+
+def test_lars_off_is_the_plain_optimizer():
+    torch.manual_seed(0)
+    model = Toy()
+    optimizer = build_optimizer(OptimConfig(lars_trust=0.5), model, fused=False)
+    assert type(optimizer) is torch.optim.AdamW
+    torch.testing.assert_close(_default_run("none", lars_trust=0.5), _default_run("none"), rtol=0, atol=0)
 
 
 def test_sam_step_uses_gradient_at_the_perturbed_point():
