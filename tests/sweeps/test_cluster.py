@@ -22,8 +22,6 @@ from sweeps.testing import NUM_RECORDS
 REPO = Path(__file__).resolve().parents[2]
 SWEEP, BUDGET = "norm_placement", "40ktok"  # 5 trials of 2 s each with the fake trainer
 
-pytestmark = pytest.mark.slow
-
 
 def _command(cluster, url: str, storage: Path) -> list[str]:
     return [sys.executable, "-m", "sweeps", "run", SWEEP, "--backend", "sweeps.testing", "--budget", BUDGET,
@@ -69,6 +67,7 @@ def _nodes(rows: list) -> list[str]:
     return [summary["node"]["id"] for *_, summary in rows]
 
 
+@pytest.mark.slow
 def test_trials_run_on_both_nodes_and_the_store_says_which(ray_cluster, postgres_url: str, tmp_path: Path) -> None:
     nodes = ray_cluster.node_ids()
     shared = tmp_path / "tune"  # one machine: a local folder is shared by both nodes
@@ -80,6 +79,7 @@ def test_trials_run_on_both_nodes_and_the_store_says_which(ray_cluster, postgres
     assert shared.is_dir() and not any(shared.iterdir())  # Tune's run folder was there, and is cleaned up
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_against_the_same_cluster_and_store(ray_cluster, postgres_url: str,
                                                                    tmp_path: Path) -> None:
     log = tmp_path / "first.log"
@@ -101,6 +101,7 @@ def test_a_killed_driver_resumes_against_the_same_cluster_and_store(ray_cluster,
     assert optuna.trial.TrialState.RUNNING not in states
 
 
+@pytest.mark.slow
 def test_a_killed_node_has_its_trials_retried_on_the_other(ray_cluster, postgres_url: str, tmp_path: Path) -> None:
     nodes = ray_cluster.node_ids()
     log = tmp_path / "sweep.log"
@@ -123,3 +124,13 @@ def test_a_killed_node_has_its_trials_retried_on_the_other(ray_cluster, postgres
     retried = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert retried and all(t.user_attrs["status_reason"].startswith("retried:") for t in retried)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == len(rows)
+
+
+def test_bad_cluster_flags_are_one_line_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sweeps.cli import main
+
+    db = tmp_path / "results.db"
+    assert main(["run", SWEEP, "--backend", "sweeps.testing", "--max-failures", "-1", "--store", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-failures must be >= 0, got -1" in err
+    assert not db.exists()
