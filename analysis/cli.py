@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
     table.add_argument("--store", default=DEFAULT_STORE, help=store_help)
     table.add_argument("--format", choices=tables.FORMATS, default="md", help="markdown, CSV (raw numbers) or LaTeX")
+    table.add_argument("--ci", choices=tables.CI_METHODS, default="t",
+                       help="Δ loss intervals: t (default) or a percentile bootstrap of the per-seed differences")
     table.add_argument("--kind", choices=tables.KINDS, default="auto",
                        help="auto: per-variant table, plus the Table 5 form for group_ablation; groups: Table 5 form")
 
@@ -69,7 +71,7 @@ def _table(args: argparse.Namespace) -> None:
             print(message, file=sys.stderr)
             print(_csv_header(frames), end="")
             return
-    print(tables.sweep_table(args.store, args.sweep, fmt=args.format, kind=args.kind))
+    print(tables.sweep_table(args.store, args.sweep, fmt=args.format, kind=args.kind, ci=args.ci))
 
 
 def _csv_header(frames: SweepFrames) -> str:

@@ -149,3 +149,15 @@ def test_best_line_for_the_dashboard_note(store_url):
     # ramp diverged and is never "best"; inverse-sqrt's single seed (2.45) loses to one-cycle's mean (2.40)
     assert line == ("Best (mean over seeds, 95% CI): one-cycle 2.4000 ± 0.025 (mean of 3 seeds); "
                     "Δ vs baseline −0.100 ± 0.025, p (Holm) 0.007: helped.")
+
+
+def test_cli_ci_bootstrap(store_url, capsys):
+    from analysis.cli import main
+
+    assert main(["table", "lr_schedules", "--store", store_url, "--ci", "bootstrap"]) == 0
+    assert "percentile-bootstrap" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["table", "lr_schedules", "--store", store_url, "--ci", "normal"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bootstrap" in err
