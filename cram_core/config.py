@@ -332,7 +332,7 @@ class ImplConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     "where to train; auto = cuda when available"
     precision: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = "auto"
-    "autocast precision; auto = bf16 on CUDA, fp32 on CPU; fp8 = torchao float8 linears in the blocks, bf16 elsewhere"
+    "autocast precision; auto = bf16 on CUDA, fp32 on CPU; fp16 with loss scaling (not with sam); fp8 = torchao float8 linears in the blocks, bf16 elsewhere"
     compile: Literal["auto", "on", "off"] = "auto"
     "torch.compile the model; auto = on for CUDA"
     compile_mode: Literal["default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead"] = "default"
