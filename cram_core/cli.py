@@ -48,6 +48,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
             return text
+        if action.required:
+            return f"{text} (required)"
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             return f"{text} (default: {'off' if action.default is False else 'on'})"
         if action.default is None or isinstance(action, argparse._HelpAction):

@@ -610,19 +610,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a training run's --out directory (model.safetensors, config.json, tokenizer.json)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names, e.g. rt-polarity,sva")
     parser.add_argument("--seeds", type=positive_int, default=1, help="fine-tuning seeds 0..N-1 (paper: 5, median)")
-    parser.add_argument("--epochs", type=positive_int, default=5)
-    parser.add_argument("--max-train", type=positive_int, default=None, help="cap train examples (seeded subset)")
-    parser.add_argument("--max-dev", type=positive_int, default=None, help="cap dev examples (seeded subset)")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs per task and seed")
+    parser.add_argument("--max-train", type=positive_int, default=None, help="cap train examples (seeded subset; default: all)")
+    parser.add_argument("--max-dev", type=positive_int, default=None, help="cap dev examples (seeded subset; default: all)")
     parser.add_argument("--data-root", default=None,
                         help=f"folder of <task>/task.json (default ${DATA_ROOT_ENV} or {DEFAULT_DATA_ROOT})")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--lr", type=float, default=4e-5)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="fine-tuning batch size")
+    parser.add_argument("--lr", type=float, default=4e-5, help="peak fine-tuning learning rate")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when available, else CPU")
     parser.add_argument("--weights", default="auto", choices=("auto", *WEIGHT_FILES),
                         help="which weights of the run: auto = averaged when saved, else model")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0 = torch default (1 is often faster for tiny models on a busy host)")
-    parser.add_argument("--json", default=None, help="also write records and medians to this JSON file")
+    parser.add_argument("--json", default=None, help="also write records and medians to this JSON file (default: print only)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines on stderr")
     args = parser.parse_args(argv)
 

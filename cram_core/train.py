@@ -481,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="group.field=value, e.g. model.norm_scheme=post budget.tokens=5e6")
     parser.add_argument("--preset", default=None, help="tiny | small | crammed-bert | crammed-bert-short | bert-base "
                         "(default: tiny on CPU, crammed-bert-short on CUDA)")
-    parser.add_argument("--out", default=None, help="write metrics.jsonl, summary.json, model + tokenizer here")
-    parser.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    parser.add_argument("--out", default=None, help="write metrics.jsonl, summary.json, model + tokenizer here "
+                        "(default: nothing written but the printed summary)")
+    parser.add_argument("--resume", default=None, help="checkpoint folder to continue from (default: start fresh)")
     parser.add_argument("--list-flags", action="store_true", help="print every flag with type, default and meaning "
                         "(defaults: the --preset's when given, else the crammed-bert recipe's)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m cram_core.data", description="data pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build or load the prepared dataset and print its statistics")
-    prep.add_argument("--preset", help="start from this preset's data group (cram_core.presets)")
+    prep.add_argument("--preset", help="start from this preset's data group (cram_core.presets; default: the "
+                      "crammed-bert recipe's)")
     prep.add_argument("--no-progress", action="store_true", help="no progress bars")
     prep.add_argument("overrides", nargs="*", metavar="data.FIELD=VALUE")
     args = parser.parse_args(argv)

@@ -37,10 +37,10 @@ def test_list_shows_every_sweep(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for name in SWEEPS:
         assert name in out
-    assert "33 (3 seeds)" in out  # lr_schedules: 11 variants x 3 seeds
+    assert "55 (5 seeds)" in out  # lr_schedules: 11 variants x 5 seeds
     lr_line = next(line for line in out.splitlines() if line.startswith("lr_schedules"))
-    assert "200ktok on tiny; the preset's seconds elsewhere" in lr_line
-    assert "200ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
+    assert "120ktok on tiny; the preset's seconds elsewhere" in lr_line
+    assert "120ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
 
 
 def test_show(capsys: pytest.CaptureFixture) -> None:
@@ -193,15 +193,31 @@ def _options(parser: argparse.ArgumentParser, path: str = "") -> list[tuple[str,
     return out
 
 
-def test_every_option_has_help_and_a_default() -> None:
-    # before: --port, --format, --x and others had no help text, and several options no stated default
-    from analysis.cli import _parser
-    from cram_core.data.__main__ import main as data_main  # noqa: F401  (its parser is built inside main)
-    from sweeps.cli import build_parser
+def _parser_of(main_fn: Any, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The parser a CLI's main() builds, caught at its parse_args."""
+    from cram_core.cli import OneLineParser
 
-    options = _options(build_parser(), "sweeps") + _options(_parser(), "analysis")
-    assert len(options) > 40
-    missing = [name for name, action, text in options if not action.help or "default" not in text]
+    class Caught(Exception):
+        pass
+
+    def catch(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        raise Caught(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(OneLineParser, "parse_args", catch)
+        with pytest.raises(Caught) as exc:
+            main_fn([])
+    return exc.value.args[0]
+
+
+def test_every_option_has_help_and_a_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: --port, --format, --x, --epochs, --lr and others had no help text, several no stated default
+    options = []
+    for prog, main_fn in _cli_mains().items():
+        options += _options(_parser_of(main_fn, monkeypatch), prog)
+    assert len(options) > 60
+    missing = [name for name, action, text in options
+               if not action.help or not ("default" in text or "(required)" in text)]
     assert not missing, missing
 
 
