@@ -186,3 +186,21 @@ def test_a_sweeps_file_sweep_runs_then_resumes_without_the_file(ray_local, tmp_p
 def test_grid_sweep_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="given twice"):
         grid_sweep("x", ["optim.lr=1", "optim.lr=2"])
+
+
+def test_a_search_sweep_from_a_file_runs_and_says_it_needs_its_file(ray_local, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "search_sweeps.py"
+    path.write_text(
+        "from sweeps.definitions import Sweep\n\n"
+        "def space(trial):\n"
+        "    return {'optim.lr': trial.suggest_float('optim.lr', 1e-4, 1e-2, log=True)}\n\n"
+        "S = Sweep(name='my_lr_search', section='training', axis='peak LR (TPE)', search=space, num_trials=3)\n")
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert main(["run", "my_lr_search", "--sweeps-file", str(path), "--budget", "1s", "--store", url, *FAKE]) == 0
+    statuses = _statuses(url, "my_lr_search")
+    assert len(statuses) == 3 and set(statuses.values()) == {"completed"} and "baseline" in statuses
+    capsys.readouterr()
+    # a search space is code, so the store cannot rebuild it: one line saying what to pass
+    assert main(["run", "my_lr_search", "--store", url, *FAKE]) == 2
+    assert "is a TPE search" in capsys.readouterr().err
