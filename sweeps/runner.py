@@ -20,6 +20,7 @@ the same keys); the config exactly as run is in the trial's `summary`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -318,22 +319,62 @@ def _ray_env(local: bool) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if local:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # On Linux a local Ray takes the machine's network address as its node address, and its servers
+        # (GCS, raylet, object manager, workers, agents) listen on every interface: anyone who can reach
+        # the machine could run code on it. In "no cluster" mode (Ray's own mode on macOS/Windows) the node
+        # address is loopback and every server binds there. Auth is left to Ray: with RAY_AUTH_MODE unset
+        # it turns token auth on for a new local cluster; a user's RAY_AUTH_MODE is respected.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+_watchdog: Any = None
+"the sweeps.raywatch process of the local Ray this process started"
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Connect to `address` or start a local Ray; returns whether we started (and must stop) it."""
+    """Connect to `address` or start a local Ray on loopback; returns whether we started (and must stop) it.
+
+    The log level is WARNING so that Ray's own warnings (about authentication, for one) reach the user. A
+    local Ray gets a watchdog (sweeps.raywatch) that takes it down if this process dies without stopping it.
+    """
+    global _watchdog
     _ray_env(local=address is None)
     import ray
 
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
-                 logging_level=logging.ERROR)
+    # Tune's result files are off on purpose (the store is our log): its warning that it cannot read them back
+    # is noise, and only that logger is quietened
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if address:  # the cluster's own settings (and its auth) apply
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return True
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before _ray_env could set the variable
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=RAY_TEMP_DIR, log_to_driver=False,
+             logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+    from sweeps import raywatch
+
+    _watchdog = raywatch.start(RAY_TEMP_DIR)
+    host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0].strip("[]")
+    if not ipaddress.ip_address(host).is_loopback:
+        stop_ray()
+        raise RuntimeError(f"the local Ray came up on {host}, not on loopback; refusing to run trials on it")
     return True
+
+
+def stop_ray() -> None:
+    """Shut down (or disconnect from) Ray, and end the local Ray's watchdog."""
+    global _watchdog
+    import ray
+
+    from sweeps import raywatch
+
+    ray.shutdown()
+    raywatch.stop(_watchdog)
+    _watchdog = None
 
 
 def cluster_resources() -> tuple[int, int]:
@@ -450,9 +491,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         if sweep_id is not None:
             ledger.heartbeat(sweep_id, clear=True)
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
         ledger.close()
 
 
