@@ -189,6 +189,15 @@ class RayCluster:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _ray_cli() -> str:
+    """The `ray` script of the Python running the tests (pip puts it beside the interpreter)."""
+    beside = Path(sys.executable).parent / "ray"
+    found = str(beside) if beside.exists() else shutil.which("ray")
+    if found is None:
+        raise ServerError("the `ray` command is not installed (pip install 'ray[tune]')")
+    return found
+
+
 def ray_env() -> dict[str, str]:
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
@@ -202,7 +211,7 @@ def ray_cluster(*, head_cpus: int = 1, worker_cpus: int = 1, timeout_s: float = 
 
     def start(name: str, args: list[str]) -> RayNode:
         log = (folder / f"{name}.log").open("w")
-        proc = subprocess.Popen(["ray", "start", *common, *args, f"--temp-dir={folder / name}"], env=ray_env(),
+        proc = subprocess.Popen([_ray_cli(), "start", *common, *args, f"--temp-dir={folder / name}"], env=ray_env(),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return RayNode(name, proc)
 

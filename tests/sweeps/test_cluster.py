@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from servers import query, trial_counts  # tests/servers.py
+from servers import query, ray_env, trial_counts  # tests/servers.py
 from sweeps.definitions import SWEEPS, resolve
 from sweeps.testing import NUM_RECORDS
 
@@ -29,7 +29,8 @@ def _command(cluster, url: str, storage: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    # the cluster's own settings (no auth: it is ours, on loopback), so the driver connects to it as started
+    return {**ray_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def _run(cluster, url: str, storage: Path) -> subprocess.CompletedProcess:
