@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cram_core.cli import OneLineParser, positive_int
+from cram_core.cli import OneLineParser, positive_int, unknown_name
 from cram_core.config import ConfigError
 from sweeps.adhoc import find_sweep, grid_sweep, load_sweeps_file, stored_definitions, sweep_from_definition
 from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve
@@ -382,7 +382,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         names = ledger.sweep_names()
         if args.name and args.name not in names:
-            raise ConfigError(f"no sweep {args.name!r} in {ledger.url}; sweeps there: {', '.join(names) or 'none'}")
+            raise ConfigError(f"no sweep {args.name!r} in {ledger.url}; sweeps there: none" if not names else
+                              f"{unknown_name('sweep', args.name, names)} (in {ledger.url})")
         console = _console()
         for name in [args.name] if args.name else names:
             p = ledger.progress(name)

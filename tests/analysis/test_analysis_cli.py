@@ -43,6 +43,12 @@ def test_unknown_sweep_lists_valid_names(store_url, capsys):
     assert captured.err.count("\n") == 1 and "lr_schedules, single_seed, empty_sweep" in captured.err
 
 
+def test_a_misspelt_sweep_gets_the_nearest_name(store_url, capsys):
+    assert main(["table", "lr_schedule", "--store", store_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m analysis: error: unknown sweep 'lr_schedule'; did you mean 'lr_schedules'?")
+
+
 def test_missing_store_exits_2_in_a_real_process(tmp_path):
     # the only subprocess test: it proves `python -m analysis` wiring and the exit status end to end
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}

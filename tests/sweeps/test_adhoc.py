@@ -130,6 +130,8 @@ def test_an_ad_hoc_grid_runs_like_a_built_in_sweep(grid_store: str, capsys: pyte
     out = capsys.readouterr().out
     assert "5 completed" in out and "lr=3e-3, schedule=one-cycle" in out
     assert " 20k " in out  # tokens/s as the tables print it (before: 20000)
+    assert main(["status", "my_l", "--store", grid_store]) == 2
+    assert "unknown sweep 'my_l'; did you mean 'my_lr'?" in capsys.readouterr().err
     assert analysis_main(["table", "my_lr", "--store", grid_store]) == 0
     assert "| lr=1e-3, schedule=one-cycle |" in capsys.readouterr().out
 
