@@ -13,12 +13,13 @@ each run uses a fresh compiler cache unless ``--warm-cache`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -228,19 +229,36 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--reference hf needs CUDA")
     except (ConfigError, RuntimeError) as e:
         return parser.fail(e)
-    if not args.warm_cache:  # read by inductor at compile time, so this makes every compile here cold
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cram-bench-inductor-")
     steps = args.steps or (50 if device.type == "cuda" else 10)
     vocab = args.vocab_size or cfg.data.vocab_size
     rows = []
-    for overrides, extra in zip(variants, variant_overrides(args.vary)):
-        row = bench_preset(args.preset, overrides, steps, vocab, profile=args.profile)
-        row["name"] += "".join(f" {e}" for e in extra)
-        rows.append(row)
-    if args.reference == "hf":
-        rows.append(bench_hf_reference(steps, cfg.train.micro_batch_size, cfg.data.seq_len, vocab))
+    with contextlib.nullcontext() if args.warm_cache else cold_compile_cache():
+        for overrides, extra in zip(variants, variant_overrides(args.vary)):
+            row = bench_preset(args.preset, overrides, steps, vocab, profile=args.profile)
+            row["name"] += "".join(f" {e}" for e in extra)
+            rows.append(row)
+        if args.reference == "hf":
+            rows.append(bench_hf_reference(steps, cfg.train.micro_batch_size, cfg.data.seq_len, vocab))
     _print_rows(rows, device, steps)
     return 0
+
+
+@contextlib.contextmanager
+def cold_compile_cache() -> Iterator[str]:
+    """Point inductor's and Triton's on-disk caches at a fresh folder (removed afterwards), so that the
+    compile times measured inside are cold; both read these variables when they compile."""
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    with tempfile.TemporaryDirectory(prefix="cram-bench-compile-") as folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+        try:
+            yield folder
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _print_rows(rows: list[dict[str, Any]], device: torch.device, steps: int) -> None:

@@ -18,12 +18,12 @@ def test_bench_bad_override_is_one_line(capsys):
 
 
 def test_vary_adds_one_row_per_value_and_profile_says_where_the_time_goes(capsys):
-    assert main(["--preset", "tiny", "--steps", "1", "impl.threads=1", "--vary", "train.micro_batch_size=8,16",
-                 "--profile"]) == 0
+    assert main(["--preset", "tiny", "--steps", "1", "impl.threads=1", "train.batch_size=16",
+                 "--vary", "train.micro_batch_size=4,8", "--profile"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("tiny (2x128")]
-    assert [r.split(")")[0] for r in rows[:2]] == ["tiny (2x128, micro-batch 8", "tiny (2x128, micro-batch 16"]
-    assert "train.micro_batch_size=16" in rows[1]
+    assert [r.split(")")[0] for r in rows[:2]] == ["tiny (2x128, micro-batch 4", "tiny (2x128, micro-batch 8"]
+    assert "train.micro_batch_size=8" in rows[1]
     assert out.count("profile: 3 steps") == 2 and "matmul" in out and "top:" in out
 
 
@@ -50,3 +50,37 @@ def test_busy_time_is_the_union_of_kernel_intervals_and_kernels_are_grouped():
     assert kernel_group("triton_per_fused_native_layer_norm_0") == "compiler fusions (norm, GLU, loss)"
     assert kernel_group("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>") == "attention"
     assert kernel_group("void at::native::(anonymous namespace)::multi_tensor_apply_kernel") == "optimizer / foreach"
+
+
+def test_compile_times_are_cold_a_fresh_cache_that_is_removed_afterwards(monkeypatch, capsys):
+    import os
+
+    import cram_core.bench as bench
+
+    seen = []
+    real = bench.bench_preset
+
+    def spy(*args, **kwargs):
+        seen.append((os.environ.get("TORCHINDUCTOR_CACHE_DIR"), os.environ.get("TRITON_CACHE_DIR")))
+        assert seen[-1][0] is None or os.path.isdir(seen[-1][0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_preset", spy)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/else")
+    assert main(["--preset", "tiny", "--steps", "1", "impl.threads=1"]) == 0
+    folder, triton = seen[0]
+    assert folder and triton.startswith(folder) and not os.path.exists(folder)  # existed while timing (spy)
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and os.environ["TRITON_CACHE_DIR"] == "/somewhere/else"
+    assert main(["--preset", "tiny", "--steps", "1", "impl.threads=1", "--warm-cache"]) == 0
+    assert seen[1] == (None, "/somewhere/else")  # --warm-cache leaves the user's caches alone
+
+
+def test_reference_hf_needs_cuda_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    assert main(["--preset", "tiny", "--reference", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert "--reference hf needs CUDA" in err and err.count("\n") == 1

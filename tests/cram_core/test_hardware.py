@@ -135,3 +135,15 @@ def test_fp8_compiled_training_on_cuda_tracks_bf16():
     assert curves["fp8"] != curves["bf16"]
     assert curves["fp8"][-1] < curves["fp8"][0] - 0.5
     assert curves["fp8"] == pytest.approx(curves["bf16"], abs=0.15)
+
+
+@pytest.mark.gpu
+@cuda_only
+def test_cuda_graphs_compile_mode_trains_like_the_default():
+    """impl.compile_mode=reduce-overhead (CUDA graphs around the compiled forward + loss) is the same step."""
+    curves = {}
+    for mode in ("default", "reduce-overhead"):
+        parts = parts_for("impl.device=cuda", f"impl.compile_mode={mode}")
+        batch = tokens("cuda", 32)
+        curves[mode] = torch.stack([optimizer_step(parts, [batch], 1e-3) for _ in range(10)]).tolist()
+    assert curves["reduce-overhead"] == pytest.approx(curves["default"], abs=0.02)
