@@ -26,7 +26,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cram_core.cli import unknown_name
-from sweeps.store import METRIC_FIELDS, EvalRow, MetricRow, StoreError, SweepRow, TrialRow, make_engine
+from sweeps.store import (METRIC_FIELDS, EvalRow, MetricRow, StoreError, SweepRow, TrialRow, make_engine,
+                          shown_url)
 
 TRIAL_FIELDS = ("variant", "seed", "is_baseline", "status", "reason", "final_loss", "eval_loss", "tokens",
                 "seconds", "flops", "steps", "tokens_per_second", "mfu", "params", "budget_kind",
@@ -62,7 +63,7 @@ def connect(store_url: str) -> Engine:
         raise
     except SQLAlchemyError as e:  # an unreachable server surfaces at inspect time, not create_engine time
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise StoreError(f"cannot read store {url!r}: {first_line}") from None
+        raise StoreError(f"cannot read store {shown_url(url)!r}: {first_line}") from None
 
 
 @contextlib.contextmanager

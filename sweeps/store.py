@@ -29,7 +29,7 @@ from sqlalchemy import (
     event,
     inspect,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -184,20 +184,20 @@ def make_engine(url: str = DEFAULT_STORE, *, create: bool = True) -> Engine:
     store with our tables and opens a SQLite file read-only (``mode=ro``), so it is never changed, not even the
     header; a file that is not a store is left exactly as it was.
     """
-    path = sqlite_path(url)
+    path, shown = sqlite_path(url), shown_url(url)
     if path is not None:
         _check_sqlite_path(path, create=create)
         if path.exists():  # look before anything writes: a foreign or broken file stays exactly as it was
-            probe = _open(_read_only_url(path), url, read_only=True)
-            _guarded(probe, url, lambda: _check_tables(probe, url, create=create))
+            probe = _open(_read_only_url(path), shown, read_only=True)
+            _guarded(probe, shown, lambda: _check_tables(probe, shown, create=create))
             if not create:
                 return probe
             probe.dispose()
-    engine = _open(url, url, read_only=False)
+    engine = _open(url, shown, read_only=False)
     if path is None:
-        _guarded(engine, url, lambda: _check_tables(engine, url, create=create))
+        _guarded(engine, shown, lambda: _check_tables(engine, shown, create=create))
     if create:
-        _guarded(engine, url, lambda: Base.metadata.create_all(engine))
+        _guarded(engine, shown, lambda: Base.metadata.create_all(engine))
     return engine
 
 
@@ -233,6 +233,14 @@ def _check_tables(engine: Engine, url: str, *, create: bool) -> None:
                              "store; give another --store")
     elif TrialRow.__tablename__ not in names:
         raise StoreError(f"store {url!r} has no cram tables (not a results store?)")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: a password in it is masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: the message about that shows it as given
+        return url
 
 
 def _check_sqlite_path(path: Path, *, create: bool) -> None:

@@ -240,3 +240,11 @@ def test_random_bytes_store_is_one_line_exit_2_in_a_real_process(tmp_path: Path,
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "not a SQLite database" in result.stderr
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("main,argv", [(sweeps_main, ["status"]), (analysis_main, ["table", "dropout"])],
+                         ids=["sweeps status", "analysis table"])
+def test_an_unreachable_server_is_one_line_without_the_password(capsys, main, argv) -> None:
+    pytest.importorskip("psycopg")
+    line = _one_line_exit_2(main([*argv, "--store", "postgresql://cram:s3cret@127.0.0.1:1/cram"]), capsys)
+    assert "cram:***@127.0.0.1:1" in line and "s3cret" not in line
