@@ -39,8 +39,8 @@ def test_list_shows_every_sweep(capsys: pytest.CaptureFixture) -> None:
         assert name in out
     assert "33 (3 seeds)" in out  # lr_schedules: 11 variants x 3 seeds
     lr_line = next(line for line in out.splitlines() if line.startswith("lr_schedules"))
-    assert "120ktok on tiny; the preset's seconds elsewhere" in lr_line
-    assert "120ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
+    assert "200ktok on tiny; the preset's seconds elsewhere" in lr_line
+    assert "200ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
 
 
 def test_show(capsys: pytest.CaptureFixture) -> None:
