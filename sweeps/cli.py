@@ -272,6 +272,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_sources(resolved)
     if args.max_failures is not None and args.max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.address is not None and not args.dry_run:
+        from sweeps.runner import check_address
+
+        check_address(args.address)  # before the store is opened: a wrong address writes nothing
     if args.dry_run:
         if placement is None:
             placement = place(resolved.num_trials, cpus=1, gpus=0, gpus_per_trial=0, max_concurrent=1)

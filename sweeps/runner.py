@@ -331,6 +331,24 @@ _watchdog: Any = None
 "the sweeps.raywatch process of the local Ray this process started"
 
 
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """A ConfigError unless something listens at a HOST:PORT (or ray://HOST:PORT) Ray address: ray.init
+    would otherwise retry a wrong address for minutes. "auto" (the cluster this machine runs) is left to Ray."""
+    import socket
+
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or auto "
+                          "(the head node's address, e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                          "`ray start --head`, or leave out --address to run Ray on this machine") from None
+
+
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to `address` or start a local Ray on loopback; returns whether we started (and must stop) it.
 
@@ -618,13 +636,27 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
     try:
         tuner = tune.Tuner(
             trainable, param_space=param_space, tune_config=tune_config,
-            run_config=tune.RunConfig(name=resolved.name, storage_path=storage, verbose=0, callbacks=[driver],
-                                      log_to_file=False),
+            run_config=tune.RunConfig(name=run_name, storage_path=storage, verbose=0, callbacks=[driver],
+                                      log_to_file=False,
+                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures)),
         )
         tuner.fit()
     finally:
-        # Tune's own experiment state is not used for resume (the store is), so it is not kept
+        _remove_run_folder(storage, run_name, whole=opts.storage_path is None)
+
+
+def _remove_run_folder(storage: str, run_name: str, *, whole: bool) -> None:
+    if whole:
         shutil.rmtree(storage, ignore_errors=True)
+        return
+    import pyarrow.fs
+
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage) if "://" in storage else \
+            (pyarrow.fs.LocalFileSystem(), os.path.abspath(storage))
+        fs.delete_dir(f"{root.rstrip('/')}/{run_name}")
+    except (OSError, FileNotFoundError) as e:  # the results are in the store; say what was left behind
+        warnings.warn(f"Tune's run folder {storage}/{run_name} was not removed: {e}")
 
 
 def estimate_wall_s(resolved: ResolvedSweep, placement: Placement, remaining: int | None = None) -> float | None:

@@ -135,3 +135,24 @@ def test_bad_cluster_flags_are_one_line_usage_errors(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--max-failures must be >= 0, got -1" in err
     assert not db.exists()
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:{port}", "no Ray cluster answers at 127.0.0.1:{port}"),
+    ("ray://127.0.0.1:{port}", "no Ray cluster answers at ray://127.0.0.1:{port}"),
+    ("headnode", "--address 'headnode' is not HOST:PORT, ray://HOST:PORT or auto"),
+])
+def test_an_address_without_a_cluster_fails_fast_and_writes_nothing(address: str, message: str, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    # before: ray.init retried for minutes (a 90 s timeout cut it short) and the store had been created
+    from servers import free_port
+    from sweeps.cli import main
+
+    port = free_port()  # nothing listens there
+    db = tmp_path / "results.db"
+    t0 = time.monotonic()
+    assert main(["run", SWEEP, "--backend", "sweeps.testing", "--address", address.format(port=port),
+                 "--store", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(port=port) in err
+    assert not db.exists() and time.monotonic() - t0 < 10
