@@ -66,7 +66,7 @@ class ModelConfig:
     norm_eps: float = 1e-12
     "epsilon of every norm layer"
     final_norm: bool = True
-    "norm after the last block (only meaningful with pre/sandwich)"
+    "norm after the last block, under every norm_scheme (with post-LN it re-normalises the last block's output: a learned affine map)"
     embedding_norm: bool = True
     "norm right after the embeddings"
     position_embedding: Literal["learned", "sinusoidal", "scaled-sinusoidal", "rotary", "none"] = (
@@ -86,7 +86,7 @@ class ModelConfig:
     layer_drop: float = 0.0
     "stochastic-depth rate: probability of skipping a block per step (training only)"
     ffn_every: int = 1
-    "MLP in every k-th block only (1 = every block)"
+    "MLP in every k-th block only (1 = every block; at most num_layers, so one block keeps its MLP)"
     dropout: float = 0.0
     "dropout on embeddings, attention output and MLP output"
     attention_dropout: float = 0.0
@@ -99,6 +99,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "ffn_size", "max_seq_len", "ffn_every"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.ffn_every <= self.num_layers,
+               f"model.ffn_every ({self.ffn_every}) must be <= model.num_layers ({self.num_layers}); "
+               "larger leaves no block with an MLP")
         _check(
             self.hidden_size % self.num_heads == 0,
             f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})",
@@ -120,8 +123,10 @@ class ObjectiveConfig:
     "fraction of tokens selected for prediction (an exact count per sequence)"
     split_80_10_10: bool = True
     "of selected tokens, 80% become <mask>, 10% random, 10% unchanged; off = all <mask>"
-    loss: Literal["cross-entropy", "mse", "l1", "focal"] = "cross-entropy"
-    "MLM loss: cross-entropy, MSE or L1 on one-hot targets, or focal"
+    loss: Literal["cross-entropy", "mse", "l1", "mse-prob", "l1-prob", "focal"] = "cross-entropy"
+    "MLM loss: cross-entropy; mse / l1 = the paper's, logits regressed onto target_scale x one-hot; mse-prob / l1-prob = softmax vs one-hot (Brier, MAE); focal"
+    target_scale: float | None = None
+    "height of the one-hot target for loss=mse / l1; none = the paper code's: sqrt(V) for mse, V for l1"
     focal_gamma: float = 2.0
     "focusing exponent for loss=focal"
     z_loss: float = 0.0
@@ -133,6 +138,8 @@ class ObjectiveConfig:
         _check(0.0 < self.mask_rate < 1.0, f"objective.mask_rate must be in (0, 1), got {self.mask_rate}")
         _in_unit("objective.token_drop", self.token_drop)
         _check(self.z_loss >= 0 and self.focal_gamma >= 0, "objective.z_loss and focal_gamma must be >= 0")
+        _check(self.target_scale is None or self.target_scale > 0,
+               f"objective.target_scale must be > 0 or none, got {self.target_scale}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -525,16 +532,20 @@ def _check_typed(tp: Any, value: Any, key: str) -> Any:
 
 
 def list_flags(defaults: RunConfig | None = None) -> list[str]:
-    """One line per flag: ``group.field  type  default  doc``; the defaults are ``defaults``' values (a
-    preset's), else the dataclasses' own."""
+    """One line per flag: ``group.field  type  default=...  doc``, in columns aligned across every group; the
+    defaults are ``defaults``' values (a preset's), else the dataclasses' own. A choice's valid values open
+    its doc, so that their length doesn't widen the type column."""
     defaults = defaults or RunConfig()
-    lines = []
+    rows = []
     for group, cls in GROUPS.items():
         docs = field_docs(cls)
         hints = _field_types(cls)
         for f in dataclasses.fields(cls):
+            tp, doc = hints[f.name], docs.get(f.name, "")
             default = getattr(getattr(defaults, group), f.name)
-            lines.append(
-                f"{group}.{f.name:<22} {_describe_type(hints[f.name]):<40} default={default!s:<18} {docs.get(f.name, '')}"
-            )
-    return lines
+            is_choice = typing.get_origin(tp) is Literal
+            rows.append((f"{group}.{f.name}", "choice" if is_choice else _describe_type(tp), f"default={default!s}",
+                         f"{_describe_type(tp)} {doc}" if is_choice else doc))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {doc}".rstrip()
+            for name, kind, default, doc in rows]

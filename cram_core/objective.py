@@ -14,6 +14,7 @@ sequence-length curriculum) and so bias the rule by sequence length.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,19 +59,45 @@ def _target_log_prob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return logits.log_softmax(dim=-1).gather(1, targets[:, None]).squeeze(1)
 
 
-def brier_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Squared error of the softmax vs the one-hot target, summed over the vocabulary, mean over predictions.
+def logit_mse_loss(logits: torch.Tensor, targets: torch.Tensor, *, scale: float | None) -> torch.Tensor:
+    """The paper's MSE: the logits regressed onto ``scale`` x one-hot (Hui & Belkin 2021 with k = 1).
 
-    Uses sum_j (p_j - y_j)^2 = sum_j p_j^2 - 2 p_t + 1 so no [N, V] one-hot is built (that would be 1 GB in
-    int64 at N=4096, V=32768). Summing over V keeps the loss O(1) like cross-entropy, so z_loss weights mean
-    the same thing for every loss.
+    Per prediction sum_j (z_j - s y_j)^2 / (2 s V), mean over predictions; s = sqrt(V) when ``scale`` is
+    None, as in the paper's code. Expanded as sum_j z_j^2 - 2 s z_t + s^2 so no [N, V] one-hot is built
+    (that would be 1 GB in int64 at N=4096, V=32768).
+    """
+    vocab = logits.shape[-1]
+    s = math.sqrt(vocab) if scale is None else scale
+    z_target = logits.gather(1, targets[:, None]).squeeze(1)
+    return ((logits.square().sum(dim=-1) - 2.0 * s * z_target + s * s) / (2.0 * s * vocab)).mean()
+
+
+def logit_l1_loss(logits: torch.Tensor, targets: torch.Tensor, *, scale: float | None) -> torch.Tensor:
+    """The paper's L1: absolute error of the logits against ``scale`` x one-hot.
+
+    Per prediction sum_j |z_j - s y_j| / sqrt(V), mean over predictions; s = V when ``scale`` is None, as in
+    the paper's code. Expanded as sum_j |z_j| - |z_t| + |z_t - s| (no [N, V] one-hot).
+    """
+    vocab = logits.shape[-1]
+    s = float(vocab) if scale is None else scale
+    z_target = logits.gather(1, targets[:, None]).squeeze(1)
+    per_prediction = logits.abs().sum(dim=-1) - z_target.abs() + (z_target - s).abs()
+    return (per_prediction / math.sqrt(vocab)).mean()
+
+
+def brier_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error of the softmax vs the one-hot target (Brier score), summed over the vocabulary, mean over
+    predictions.
+
+    Uses sum_j (p_j - y_j)^2 = sum_j p_j^2 - 2 p_t + 1 so no [N, V] one-hot is built. Summing over V keeps
+    the loss O(1) like cross-entropy.
     """
     probs = logits.softmax(dim=-1)
     p_target = probs.gather(1, targets[:, None]).squeeze(1)
     return (probs.square().sum(dim=-1) - 2.0 * p_target + 1.0).mean()
 
 
-def l1_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def l1_prob_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Absolute error of the softmax vs the one-hot target, summed over the vocabulary, mean over predictions.
 
     Probabilities are non-negative and sum to one, so sum_j |p_j - y_j| = (1 - p_t) + (1 - p_t) exactly.
@@ -90,8 +117,10 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, *, gamma: float) -> 
 
 LOSSES: dict[str, Callable[[ObjectiveConfig], LossFn]] = {
     "cross-entropy": lambda cfg: cross_entropy_loss,
-    "mse": lambda cfg: brier_loss,
-    "l1": lambda cfg: l1_loss,
+    "mse": lambda cfg: functools.partial(logit_mse_loss, scale=cfg.target_scale),
+    "l1": lambda cfg: functools.partial(logit_l1_loss, scale=cfg.target_scale),
+    "mse-prob": lambda cfg: brier_loss,
+    "l1-prob": lambda cfg: l1_prob_loss,
     "focal": lambda cfg: functools.partial(focal_loss, gamma=cfg.focal_gamma),
 }
 

@@ -487,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-flags", action="store_true", help="print every flag with type, default and meaning "
                         "(defaults: the --preset's when given, else the crammed-bert recipe's)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv)
+    # intermixed: overrides may come before, between and after the options (`--quiet budget.tokens=1e6`)
+    args, extras = parser.parse_known_intermixed_args(argv)
+    if extras:
+        parser.parse_args(extras)  # the shared one-line error, naming the nearest option
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         if args.list_flags:  # with --preset, the defaults shown are that preset's
             print("\n".join(list_flags(parse_config(args.preset, []) if args.preset else None)))

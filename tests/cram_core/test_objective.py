@@ -134,15 +134,19 @@ def softmax(row: list[float]) -> list[float]:
     return [e / sum(exps) for e in exps]
 
 
-def hand_loss(kind: str, gamma: float = 2.0) -> float:
+def hand_loss(kind: str, gamma: float = 2.0, scale: float | None = None) -> float:
     per_prediction = []
     for row, t in zip(LOGITS, TARGETS):
-        p = softmax(row)
-        onehot = [1.0 if j == t else 0.0 for j in range(len(row))]
+        p, v = softmax(row), len(row)
+        onehot = [1.0 if j == t else 0.0 for j in range(v)]
+        s_mse, s_l1 = (math.sqrt(v), float(v)) if scale is None else (scale, scale)
         per_prediction.append({
             "cross-entropy": -math.log(p[t]),
-            "mse": sum((pj - yj) ** 2 for pj, yj in zip(p, onehot)),
-            "l1": sum(abs(pj - yj) for pj, yj in zip(p, onehot)),
+            # the paper's: logits regressed onto a scaled one-hot
+            "mse": sum((z - s_mse * y) ** 2 for z, y in zip(row, onehot)) / (2 * s_mse * v),
+            "l1": sum(abs(z - s_l1 * y) for z, y in zip(row, onehot)) / math.sqrt(v),
+            "mse-prob": sum((pj - yj) ** 2 for pj, yj in zip(p, onehot)),
+            "l1-prob": sum(abs(pj - yj) for pj, yj in zip(p, onehot)),
             "focal": -((1 - p[t]) ** gamma) * math.log(p[t]),
         }[kind])
     return sum(per_prediction) / len(per_prediction)
@@ -158,14 +162,32 @@ def test_loss_registry_matches_config_choices():
     assert set(LOSSES) == set(typing.get_args(typing.get_type_hints(ObjectiveConfig)["loss"]))
 
 
-@pytest.mark.parametrize("kind", ["cross-entropy", "mse", "l1", "focal"])
+@pytest.mark.parametrize("kind", list(LOSSES))
 def test_loss_matches_hand_computation(kind):
     value = compute_loss(ObjectiveConfig(loss=kind, focal_gamma=2.0))
     assert value.dtype == torch.float32 and value.ndim == 0
     assert value.item() == pytest.approx(hand_loss(kind), rel=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["cross-entropy", "mse", "l1", "focal"])
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_target_scale_sets_the_one_hot_height(kind):
+    value = compute_loss(ObjectiveConfig(loss=kind, target_scale=10.0)).item()
+    assert value == pytest.approx(hand_loss(kind, scale=10.0), rel=1e-5)
+    assert value != pytest.approx(compute_loss(ObjectiveConfig(loss=kind)).item(), rel=1e-3)
+
+
+def test_logit_losses_are_not_the_probability_ones():
+    """Before: mse and l1 compared softmax probabilities with the one-hot (now mse-prob and l1-prob)."""
+    logits, targets = torch.randn(3, 5, 50), torch.randint(0, 50, (3, 5))
+    values = {k: compute_loss(ObjectiveConfig(loss=k), logits, targets).item() for k in LOSSES}
+    assert len({round(v, 6) for v in values.values()}) == len(LOSSES), values
+    # regression onto the target: raising the target logit to the target height zeroes its error term
+    hit = logits.clone()
+    hit.view(-1, 50)[torch.arange(15), targets.view(-1)] = math.sqrt(50)
+    assert compute_loss(ObjectiveConfig(loss="mse"), hit, targets) < values["mse"]
+
+
+@pytest.mark.parametrize("kind", list(LOSSES))
 def test_loss_is_float32_with_finite_gradient(kind):
     logits = (torch.randn(4, 8, 64) * 30).to(torch.bfloat16).requires_grad_()
     value = compute_loss(ObjectiveConfig(loss=kind, focal_gamma=0.5), logits, torch.randint(0, 64, (4, 8)))
@@ -192,5 +214,5 @@ def test_z_loss_adds_weighted_squared_log_partition():
 
 
 def test_unknown_loss_lists_valid_names():
-    with pytest.raises(ValueError, match="cross-entropy, mse, l1, focal"):
+    with pytest.raises(ValueError, match="cross-entropy, mse, l1, mse-prob, l1-prob, focal"):
         MLMObjective(ObjectiveConfig(loss="hinge"), VOCAB)  # type: ignore[arg-type]
