@@ -11,7 +11,8 @@ from cram_core.config import apply_overrides
 from cram_core.model import training_flops_per_sequence
 from cram_core.presets import get_preset
 
-BASE = ["data.max_documents=400", "impl.threads=1", "train.log_every=100", "train.eval_sequences=32"]
+BASE = ["data.max_documents=400", "impl.threads=1", "train.log_every=100", "train.eval_sequences=32",
+        "train.batch_size=32", "train.micro_batch_size=32"]  # BATCH below
 TINY = get_preset("tiny").model
 VOCAB = 2048  # the tiny preset's vocabulary on the 400-document slice
 BATCH = 32

@@ -7,7 +7,7 @@ from cram_core.presets import get_preset
 from cram_core.train import train
 
 BASE = ["data.max_documents=400", "budget.tokens=40960", "impl.threads=1", "train.log_every=2",
-        "train.eval_sequences=32"]
+        "train.eval_sequences=32", "train.batch_size=32", "train.micro_batch_size=32"]  # 20 steps
 
 
 def _run(**kw):

@@ -40,7 +40,7 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path):
         assert on_disk[k] is not None, k
     assert on_disk["config"]["model"]["num_layers"] == 2
     # the token budget stops within one optimizer step of its amount
-    step_tokens = 32 * 64
+    step_tokens = get_preset("tiny").train.batch_size * 64
     assert 40960 <= summary["tokens"] < 40960 + step_tokens
     assert summary["flops"] > 0 and summary["seconds"] > 0
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
@@ -80,7 +80,8 @@ def test_non_finite_loss_stops_with_status_diverged(tmp_path):
 
 
 def test_batch_ramp_and_curriculum_reach_the_loop(tmp_path):
-    _, out = run(tmp_path, "train.batch_size=96", "train.batch_ramp=0.5", "train.seq_len_curriculum=32:0.5",
+    _, out = run(tmp_path, "train.batch_size=96", "train.micro_batch_size=32", "train.batch_ramp=0.5",
+                 "train.seq_len_curriculum=32:0.5",
                  "budget.tokens=60000")
     metrics = read_metrics(out)
     sizes = [m["batch_size"] for m in metrics]
@@ -167,7 +168,7 @@ def test_summary_seconds_is_the_budget_time_and_excludes_evaluation(tmp_path, mo
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
-    summary, out = run(tmp_path, "budget.tokens=4096")
+    summary, out = run(tmp_path, "budget.tokens=1024")  # two steps: training takes well under the 1 s sleep
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["seconds"] == summary["timings"]["train_s"]
     assert summary["timings"]["eval_s"] >= 1.0 and summary["seconds"] < summary["timings"]["eval_s"]

@@ -37,10 +37,10 @@ def test_list_shows_every_sweep(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     for name in SWEEPS:
         assert name in out
-    assert "33 (3 seeds)" in out  # lr_schedules: 11 variants x 3 seeds
+    assert "55 (5 seeds)" in out  # lr_schedules: 11 variants x 5 seeds
     lr_line = next(line for line in out.splitlines() if line.startswith("lr_schedules"))
-    assert "200ktok on tiny; the preset's seconds elsewhere" in lr_line
-    assert "200ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
+    assert "120ktok on tiny; the preset's seconds elsewhere" in lr_line
+    assert "120ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
 
 
 def test_show(capsys: pytest.CaptureFixture) -> None:
