@@ -4,6 +4,7 @@
     python -m analysis plot NAME [--store URL] [--x tokens|seconds|both] [--out DIR] [--no-dashboard]
     python -m analysis summary [--store URL] [--out DIR]
     python -m analysis report NAME [--store URL] [--out FILE]
+    python -m analysis scaling NAME [--store URL] [--out DIR]
 
 User mistakes (missing store, unknown sweep) are one line on stderr (``python -m analysis: error: ...``) and
 exit status 2, like argparse's own usage errors. An empty sweep is not a mistake: status 0, and one line
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
     report.add_argument("--store", default=DEFAULT_STORE, help=store_help)
     report.add_argument("--out", type=Path, default=None, help="output file (default ./plots/NAME/report.html)")
+
+    scaling = sub.add_parser("scaling", help="a sweep run at several budgets (--budgets): fitted loss-compute "
+                                             "curves, grow/hold/shrink verdicts, log-log plot (PNG + SVG)")
+    scaling.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
+    scaling.add_argument("--store", default=DEFAULT_STORE, help=store_help)
+    scaling.add_argument("--out", type=Path, default=None, help="plot folder (default ./plots/NAME/)")
 
     summary = sub.add_parser("summary", help="Δ loss with CIs of every variant of every sweep")
     summary.add_argument("--store", default=DEFAULT_STORE, help=store_help)
@@ -125,7 +132,16 @@ def _report(args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_USAGE) from None
 
 
-COMMANDS = {"table": _table, "plot": _plot, "summary": _summary, "report": _report}
+def _scaling(args: argparse.Namespace) -> None:
+    from analysis import plots, scaling
+
+    view = scaling.scaling_view(load_sweep(args.store, args.sweep))  # ScalingError: one line, exit 2
+    print(scaling.view_text(view))
+    for path in scaling.plot_scaling(view, args.out or plots.default_out_dir(args.sweep)):
+        print(path)
+
+
+COMMANDS = {"table": _table, "plot": _plot, "summary": _summary, "report": _report, "scaling": _scaling}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

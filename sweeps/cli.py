@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--sweeps-file", metavar="FILE", help=file_help)
         q.add_argument("--preset", help="baseline preset (default: tiny without CUDA, crammed-bert-short with; "
                                         "a stored ad-hoc sweep: the one it was run with)")
-        q.add_argument("--budget", help="per-trial budget: 90s, 10m, 1h, 50Mtok, 2e17flop (default: the sweep's "
-                                        "for this preset, else the preset's)")
+        q.add_argument("--budget", help="per-trial budget: 90s, 10m, 1h, 50Mtok, 2e17flop, or DURATION@GPU as FLOPs, "
+                                        "e.g. 1day@2080ti (default: the sweep's for this preset, else the preset's)")
+        q.add_argument("--budgets", metavar="B1,B2,...",
+                       help="run every variant x seed at each of these budgets, one kind, stored as one sweep "
+                            "(e.g. 60s,120s,240s or 1Mtok,2Mtok,4Mtok); see python -m analysis scaling (default: none)")
         q.add_argument("--seeds", type=int, help="seeds per variant, grid sweeps (default: the sweep's)")
         q.add_argument("--trials", type=int, help="number of TPE samples, search sweeps (default: the sweep's)")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.FIELD=VALUE",
@@ -169,7 +172,7 @@ def _resolve(args: argparse.Namespace) -> ResolvedSweep:
         sweep = grid_sweep(args.new_name, args.vary)
     else:
         sweep, stored = find_sweep(args.name, file_sweeps=file_sweeps, store=store_url(args.store))
-    if stored is not None and preset is None and budget is None and not overrides:
+    if stored is not None and preset is None and budget is None and not overrides and not args.budgets:
         # a stored ad-hoc sweep resumes as it was run: same preset, budget and --set overrides (the budget
         # as one override from the stored amount: a list naming two budget kinds would be refused)
         preset = stored.get("preset")
@@ -177,7 +180,7 @@ def _resolve(args: argparse.Namespace) -> ResolvedSweep:
         if stored.get("budget"):
             overrides.append(f"budget.{stored['budget']['kind']}={stored['budget']['amount']!r}")
     resolved = resolve(sweep, preset=preset, budget=budget, seeds=seeds, num_trials=args.trials,
-                       overrides=overrides)
+                       overrides=overrides, budgets=args.budgets.split(",") if args.budgets else None)
     if stored is not None and resolved.base.hash() == stored.get("base_config_hash"):
         resolved = dataclasses.replace(resolved, budget_text=(stored.get("budget") or {}).get("text",
                                                                                              resolved.budget_text))
@@ -219,6 +222,8 @@ def _print_plan(resolved: ResolvedSweep, console: Console, *, placement: Any, st
     extra = [o for o in resolved.base_overrides if not o.startswith("budget.")]
     console.print(f"  baseline preset  {resolved.preset}" + (f"  with {' '.join(extra)}" if extra else ""))
     console.print(f"  budget           {resolved.budget_text} per trial")
+    for point in resolved.budgets[1:]:
+        console.print(f"                   {point.label} per trial")
     if s.is_search:
         console.print(f"  search           TPE, {resolved.num_trials} trials (the baseline point first), seed 0")
     else:
@@ -303,7 +308,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if result.best:
         console.print(f"best (mean over seeds, 95% CI): {result.best.describe()}")
-    _print_table(url, result.name, console)
+    if resolved.budgets:  # one table per budget would be read as more seeds: the scaling view instead
+        _print_scaling(url, result.name, console)
+    else:
+        _print_table(url, result.name, console)
     store_arg = "" if url == store_url(DEFAULT_STORE) else f" --store {url}"
     console.print(f"results: store {url} (sweep {result.name!r}, Optuna study {result.name!r})")
     for command, what in ((f"{PROG} status {result.name}", "every trial, with status and reason"),
@@ -330,6 +338,17 @@ def _check_sources(resolved: ResolvedSweep) -> None:
     specs = {resolved.base.data.source} | {v.config.data.source for v in resolved.runnable_variants()}
     for spec in sorted(specs):
         parse_sources(spec)  # DataError is a ConfigError
+
+
+def _print_scaling(url: str, name: str, console: Console) -> None:
+    from analysis.scaling import scaling_text
+
+    try:
+        console.print(scaling_text(url, name), highlight=False, markup=False)
+    except Exception as e:  # the sweep's results are stored either way; the table is a view of them
+        console.print(f"[red](scaling table failed: {type(e).__name__}: {e})[/]")
+    console.print(f"  python -m analysis scaling {name} --store {url}  [dim]# fitted curves and log-log plots[/]",
+                  highlight=False)
 
 
 def _print_table(url: str, name: str, console: Console) -> None:

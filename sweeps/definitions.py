@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from cram_core import budget_units
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, RunConfig, apply_overrides
 from cram_core.presets import PRESETS, bert_base, crammed_bert, get_preset
@@ -130,6 +131,28 @@ class PlannedTrial:
     seed: int
     config: RunConfig
     config_hash: str
+    budget: BudgetPoint | None = None
+    "this trial's budget, in a sweep run at several (--budgets)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetPoint:
+    """One budget of a sweep run at several (--budgets): what the user typed and what it resolved to."""
+
+    text: str
+    overrides: dict[str, float]
+    "one budget.seconds / budget.tokens / budget.flops override"
+    conversion: dict[str, Any] | None = None
+    "how a DURATION@GPU budget became FLOPs (cram_core.budget_units.Conversion.to_dict)"
+
+    @property
+    def label(self) -> str:
+        return self.conversion["describe"] if self.conversion else self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        ((key, amount),) = self.overrides.items()
+        return {"kind": key.split(".")[1], "amount": amount, "text": self.label,
+                **({"conversion": self.conversion} if self.conversion else {})}
 
 
 @dataclass(frozen=True)
@@ -144,7 +167,9 @@ class ResolvedSweep:
     variants: tuple[Variant, ...]
     seeds: tuple[int, ...]
     num_trials: int
-    "trials this run plans: variants x seeds (grid) or TPE samples (search)"
+    "trials this run plans: variants x seeds (x budgets) (grid) or TPE samples (search)"
+    budgets: tuple[BudgetPoint, ...] = ()
+    "the budgets of a sweep run at several (--budgets), smallest first; base has the first; empty: one budget"
 
     @property
     def name(self) -> str:
@@ -157,9 +182,13 @@ class ResolvedSweep:
         """Every (variant, seed) of a grid sweep, seed-major so early results cover every variant."""
         out = []
         for seed in self.seeds:
-            for v in self.runnable_variants():
-                cfg = with_seed(v.config, seed)
-                out.append(PlannedTrial(v.name, seed, cfg, v.config_hash))
+            for point in self.budgets or (None,):
+                for v in self.runnable_variants():
+                    if point is None:
+                        out.append(PlannedTrial(v.name, seed, with_seed(v.config, seed), v.config_hash))
+                        continue
+                    cfg = apply_overrides(v.config, point.overrides)
+                    out.append(PlannedTrial(v.name, seed, with_seed(cfg, seed), cfg.hash(), point))
         return out
 
     def definition(self) -> dict[str, Any]:
@@ -170,7 +199,9 @@ class ResolvedSweep:
             "axis": self.sweep.axis,
             "kind": "search" if self.sweep.is_search else "grid",
             "preset": self.preset,
-            "budget": {"kind": self.base.budget.kind, "amount": self.base.budget.amount, "text": self.budget_text},
+            "budget": {"kind": self.base.budget.kind, "amount": self.base.budget.amount, "text": self.budget_text,
+                       **({"conversion": c} if (c := budget_conversion(self.budget_text)) else {})},
+            **({"budgets": [p.to_dict() for p in self.budgets]} if self.budgets else {}),
             "base_overrides": list(self.base_overrides),
             "base_config_hash": self.base.hash(),
             "seeds": list(self.seeds),
@@ -206,14 +237,18 @@ def resolve(
     seeds: int | None = None,
     num_trials: int | None = None,
     overrides: list[str] = (),  # type: ignore[assignment]
+    budgets: list[str] | None = None,
 ) -> ResolvedSweep:
-    """Build every variant's RunConfig; any bad preset, budget or override is a ConfigError (one line)."""
+    """Build every variant's RunConfig; any bad preset, budget or override is a ConfigError (one line).
+    `budgets` (--budgets) runs every variant x seed at each of several budgets, the smallest as `budget`."""
     preset = preset or default_preset()
     base = get_preset(preset)
+    points = budget_points(sweep, budgets, budget) if budgets is not None else ()
+    budget = points[0].text if points else budget
     budget_overrides: dict[str, float] = {}
     if budget is not None:
         budget_overrides = parse_budget(budget)
-        budget_text = budget
+        budget_text = budget_label(budget)
     elif preset in sweep.budgets:
         budget_overrides = parse_budget(sweep.budgets[preset])
         budget_text = f"{sweep.budgets[preset]} (this sweep's default for {preset})"
@@ -251,9 +286,9 @@ def resolve(
         n_seeds, n_trials = 1, num_trials or sweep.num_trials
     else:
         n_seeds = seeds or sweep.seeds
-        n_trials = sum(v.same_as is None for v in variants) * n_seeds
+        n_trials = sum(v.same_as is None for v in variants) * n_seeds * max(1, len(points))
     return ResolvedSweep(sweep, preset, budget_text, base_overrides, base, tuple(variants),
-                         tuple(range(n_seeds)), n_trials)
+                         tuple(range(n_seeds)), n_trials, points)
 
 
 def search_overrides(sweep: Sweep, trial: Any) -> dict[str, Any]:
@@ -298,10 +333,14 @@ _PREFIXES = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12,
 
 
 def parse_budget(text: str) -> dict[str, float]:
-    """'90s' / '10m' / '1h' / '50Mtok' / '2e17flop' -> {'budget.seconds' | 'budget.tokens' | 'budget.flops': x}."""
+    """'90s' / '10m' / '1h' / '50Mtok' / '2e17flop' -> {'budget.seconds' | 'budget.tokens' | 'budget.flops': x};
+    '1day@2080ti' -> the FLOPs that GPU does in that time (cram_core.budget_units)."""
+    if budget_units.is_travel(text):
+        return {"budget.flops": budget_units.convert(text).flops}
     m = _BUDGET_RE.match(text)
     if not m:
-        raise ConfigError(f"bad budget {text!r}; expected e.g. 90s, 10m, 1h, 50Mtok, 2e17flop")
+        raise ConfigError(f"bad budget {text!r}; expected e.g. 90s, 10m, 1h, 50Mtok, 2e17flop, "
+                          f"or DURATION@GPU such as {budget_units.EXAMPLE}")
     number = float(m["num"])
     if m["kind"]:
         key = "budget.tokens" if m["kind"].startswith("tok") else "budget.flops"
@@ -311,6 +350,34 @@ def parse_budget(text: str) -> dict[str, float]:
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"bad budget {text!r}: must be > 0")
     return {key: value}
+
+
+def budget_label(text: str) -> str:
+    """The budget as tables show it: a DURATION@GPU budget with its conversion to FLOPs spelled out."""
+    return budget_units.convert(text).describe() if budget_units.is_travel(text) else text
+
+
+def budget_conversion(label: str) -> dict[str, Any] | None:
+    """The conversion behind a budget label (its first word: what the user typed), or None."""
+    head = label.split(" ", 1)[0]
+    return budget_units.convert(head).to_dict() if budget_units.is_travel(head) else None
+
+
+def budget_points(sweep: Sweep, texts: list[str], budget: str | None) -> tuple[BudgetPoint, ...]:
+    """--budgets 60s,120s,240s: two or more distinct budgets of one kind, smallest first."""
+    if budget is not None:
+        raise ConfigError("give --budget or --budgets, not both")
+    if sweep.is_search:
+        raise ConfigError(f"--budgets applies to grid sweeps; {sweep.name!r} is a TPE search: use --budget")
+    points = [BudgetPoint(text=t.strip(), overrides=parse_budget(t.strip()), conversion=budget_conversion(t.strip()))
+              for t in texts if t.strip()]
+    kinds = {next(iter(p.overrides)) for p in points}
+    if len(kinds) > 1:
+        raise ConfigError(f"--budgets must all be one kind (seconds, tokens or FLOPs); got {', '.join(texts)}")
+    amounts = [next(iter(p.overrides.values())) for p in points]
+    if len(points) < 2 or len(set(amounts)) < len(amounts):
+        raise ConfigError(f"--budgets needs two or more distinct budgets, e.g. 60s,120s,240s; got {','.join(texts)}")
+    return tuple(sorted(points, key=lambda p: next(iter(p.overrides.values()))))
 
 
 def flops_per_token(cfg: RunConfig) -> float:

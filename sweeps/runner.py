@@ -35,7 +35,7 @@ from rich.console import Console
 
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
-from sweeps.definitions import BASELINE, ResolvedSweep, search_label, search_overrides, with_seed
+from sweeps.definitions import BASELINE, ResolvedSweep, budget_conversion, search_label, search_overrides, with_seed
 from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
@@ -188,10 +188,11 @@ class _Driver:
         else:
             row_id, planned = self.grid_rows[trial.config["index"]]
             variant, seed, h = planned.variant, planned.seed, planned.config_hash
+            budget = (planned.config.budget.kind, planned.config.budget.amount)  # --budgets: its own
             optuna_id, number = self.mirror.start(variant, trial_attrs(variant=variant, seed=seed, config_hash=h))
         self.ledger.start(row_id, optuna_number=number, git=self.git, budget=budget)
         self.active[trial.trial_id] = {"row": row_id, "optuna": optuna_id, "variant": variant, "seed": seed,
-                                       "hash": h, "summarised": False}
+                                       "hash": h, "summarised": False, "budget_text": self._budget_text(row_id)}
         self.progress.trial_started(trial.trial_id, variant=variant, seed=seed)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -239,6 +240,9 @@ class _Driver:
         if t["summarised"]:
             return
         t["summarised"] = True
+        if summary.get("budget"):  # the budget as the user gave it, and a DURATION@GPU budget's conversion
+            summary = {**summary, "budget": {**summary["budget"], "text": t["budget_text"],
+                                             **_conversion(t["budget_text"])}}
         self.ledger.finish(t["row"], summary)
         status = summary.get("status") if summary.get("status") in ("completed", "diverged") else "failed"
         value = objective(summary) if status == "completed" else None
@@ -250,6 +254,10 @@ class _Driver:
             self.mirror.finish(t["optuna"], value)
         self.progress.trial_finished(tune_id, status=status, value=value, reason=summary.get("reason"),
                                      variant=t["variant"], seed=t["seed"], note=_downstream_note(summary))
+
+    def _budget_text(self, row_id: int) -> str:
+        planned = next((p for r, p in self.grid_rows if r == row_id), None)  # None in a search sweep
+        return planned.budget.label if planned is not None and planned.budget else self.resolved.budget_text
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self.last_heartbeat >= HEARTBEAT_S:
@@ -266,6 +274,11 @@ class _Driver:
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [t for t in self.active.values() if not t["summarised"]]
+
+
+def _conversion(label: str) -> dict[str, Any]:
+    c = budget_conversion(label)
+    return {"conversion": c} if c else {}
 
 
 def _downstream_note(summary: dict[str, Any]) -> str | None:
@@ -664,4 +677,5 @@ def estimate_wall_s(resolved: ResolvedSweep, placement: Placement, remaining: in
     if resolved.base.budget.kind != "seconds":
         return None
     n = resolved.num_trials if remaining is None else remaining
-    return math.ceil(n / placement.concurrency) * (resolved.base.budget.amount + OVERHEAD_GUESS_S)
+    amounts = [p.to_dict()["amount"] for p in resolved.budgets] or [resolved.base.budget.amount]
+    return math.ceil(n / placement.concurrency) * (sum(amounts) / len(amounts) + OVERHEAD_GUESS_S)

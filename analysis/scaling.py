@@ -1,0 +1,346 @@
+"""The scaling view: each variant at several budgets (``sweeps run NAME --budgets ...``), fitted.
+
+A table at one budget cannot tell a variant that is better from one that is only ahead early. Here, per
+variant, the held-out loss L is read against the compute C the trials spent (model FLOPs, as the budget
+clock counts them; seconds are shown beside), a curve is fitted, and the paired advantage over the baseline
+is followed across the budgets.
+
+**The fitted form.** With four or more budgets, ``L = a·C^-b + c`` (Kaplan et al., Hoffmann et al.): a
+power law with an irreducible loss c, fitted with `scipy.optimize.curve_fit` (b in [0, 5], c in [0, min L]).
+With two or three budgets that form has as many parameters as points: it passes through them exactly and c
+trades off against b without limit, so ``L = a·C^-b`` is fitted instead. It is a straight line in log-log;
+its b is the local slope over the measured range, not an asymptotic exponent, and the README says so. C is
+divided by the smallest budget's mean compute so that a is the loss there and the fit is well scaled.
+
+**CIs over seeds.** Every seed is fitted on its own (seed k of every budget shares data order, masks and
+init), and b (and c) are reported as the mean over seeds ± a Student-t 95% interval; one seed gives no CI.
+
+**Grows, holds or shrinks.** The advantage of a variant at a budget is its paired difference from the
+baseline, seed by seed: A = L_baseline - L_variant (positive: the variant is better). Per seed, A is
+regressed on log10 of the budget; the slope (advantage per decade of budget) is averaged over seeds with
+a t interval. An interval above 0: the advantage *grows* with compute (for a variant behind the baseline:
+it catches up); below 0: it *shrinks*; containing 0: it *holds*. Where the fitted line of the mean
+advantage against log budget meets zero is the budget at which the variant would cross the baseline;
+beyond the largest budget that is an extrapolation and is marked as one.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+from scipy.optimize import OptimizeWarning, curve_fit
+from sweeps.definitions import format_budget
+from sweeps.store import StoreError
+
+from analysis import stats
+from analysis.load import SweepFrames, Store, load_sweep
+from analysis.tables import (Table, baseline_variant, choose_loss_metric, fmt_delta, fmt_loss, to_markdown,
+                             variant_order)
+
+MIN_BUDGETS_FOR_OFFSET = 4
+"budgets needed before the irreducible loss c is fitted (see the module docstring)"
+FORM_OFFSET = "L = a·C^-b + c"
+FORM_POWER = "L = a·C^-b"
+
+
+class ScalingError(StoreError):
+    """The sweep cannot be read as a scaling view (one budget, mixed kinds); the message says what to run."""
+
+
+def power_law(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    return a * np.power(x, -b)
+
+
+def power_law_offset(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a * np.power(x, -b) + c
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CurveFit:
+    form: str
+    params: tuple[float, ...]
+    "(a, b) or (a, b, c), fitted on every seed's points together (the drawn curve)"
+    c_ref: float
+    "compute the fit's x is divided by"
+    b: float
+    b_ci: float
+    c: float = math.nan
+    c_ci: float = math.nan
+    num_seeds: int = 0
+
+    def predict(self, compute: np.ndarray | float) -> np.ndarray:
+        fn = power_law_offset if len(self.params) == 3 else power_law
+        return fn(np.asarray(compute, dtype=float) / self.c_ref, *self.params)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Trend:
+    advantage: dict[float, tuple[float, float]]
+    "budget -> (mean paired advantage over seeds, t half-width)"
+    slope: float
+    "advantage per decade of budget (mean over seeds)"
+    slope_ci: float
+    verdict: str
+    crossing: float = math.nan
+    "budget at which the fitted mean advantage reaches 0; NaN where it does not ahead of the data"
+    crossing_note: str = "—"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingView:
+    name: str
+    kind: str
+    "budget kind: seconds, tokens or flops"
+    budgets: list[float]
+    labels: dict[float, str]
+    "budget -> how it reads (a DURATION@GPU budget with its conversion)"
+    baseline: str | None
+    metric: str
+    points: pd.DataFrame
+    "one row per completed trial: variant, seed, budget, loss, flops, seconds"
+    fits: dict[str, CurveFit | None] = field(default_factory=dict)
+    trends: dict[str, Trend] = field(default_factory=dict)
+
+
+def fit_curve(compute: np.ndarray, loss: np.ndarray, num_budgets: int, c_ref: float) -> tuple[str, np.ndarray]:
+    """(form, parameters) by `curve_fit`; the form follows the number of budgets (module docstring)."""
+    x, y = np.asarray(compute, dtype=float) / c_ref, np.asarray(loss, dtype=float)
+    if not (np.isfinite(x).all() and np.ptp(np.log(x)) > 0):  # e.g. every budget spent the same FLOPs
+        raise ValueError("the compute does not vary across the budgets")
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)  # the log-log line: a starting point
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        if num_budgets >= MIN_BUDGETS_FOR_OFFSET:
+            top = float(np.min(y))
+            p0 = [max(float(np.max(y)) - 0.5 * top, 1e-6), max(-slope, 1e-3) * 2, 0.5 * top]
+            params, _ = curve_fit(power_law_offset, x, y, p0=p0, bounds=([0, 0, 0], [np.inf, 5, top]),
+                                  maxfev=20000)
+            return FORM_OFFSET, params
+        params, _ = curve_fit(power_law, x, y, p0=[math.exp(intercept), -slope], maxfev=20000)
+        return FORM_POWER, params
+
+
+def scaling_points(frames: SweepFrames, metric: str) -> pd.DataFrame:
+    t = frames.trials
+    done = t[(t["status"] == "completed") & np.isfinite(t[metric].astype(float))]
+    return pd.DataFrame({"variant": done["variant"], "seed": done["seed"].astype(int),
+                         "budget": done["budget_amount"].astype(float), "kind": done["budget_kind"],
+                         "loss": done[metric].astype(float), "flops": done["flops"].astype(float),
+                         "seconds": done["seconds"].astype(float)}).reset_index(drop=True)
+
+
+def _fit_variant(rows: pd.DataFrame, num_budgets: int, c_ref: float) -> CurveFit | None:
+    if rows["budget"].nunique() < 2 or not np.isfinite(rows["flops"]).all():
+        return None
+    try:
+        form, params = fit_curve(rows["flops"], rows["loss"], rows["budget"].nunique(), c_ref)
+    except (RuntimeError, ValueError):  # no convergence: the table says so rather than print a bad curve
+        return None
+    per_seed = []
+    for _, seed_rows in rows.groupby("seed"):
+        if seed_rows["budget"].nunique() == rows["budget"].nunique():
+            try:
+                per_seed.append(fit_curve(seed_rows["flops"], seed_rows["loss"], num_budgets, c_ref)[1])
+            except (RuntimeError, ValueError):
+                continue
+    seeds = np.array(per_seed) if per_seed else np.empty((0, len(params)))
+    b, b_ci = stats.mean_ci(seeds[:, 1]) if len(seeds) else (float(params[1]), math.nan)
+    c, c_ci = (stats.mean_ci(seeds[:, 2]) if len(seeds) else (float(params[2]), math.nan)) \
+        if form == FORM_OFFSET else (math.nan, math.nan)
+    return CurveFit(form=form, params=tuple(map(float, params)), c_ref=c_ref, b=b, b_ci=b_ci, c=c, c_ci=c_ci,
+                    num_seeds=len(seeds))
+
+
+def advantage_trend(variant: pd.DataFrame, baseline: pd.DataFrame) -> Trend | None:
+    """The paired advantage (baseline loss - variant loss, per seed and budget) against log10 budget."""
+    pivot = lambda rows: rows.pivot_table(index="seed", columns="budget", values="loss")  # noqa: E731
+    adv = pivot(baseline) - pivot(variant)
+    adv = adv.dropna(how="all").dropna(axis=1, how="all")
+    if adv.shape[1] < 2:
+        return None
+    budgets = np.array(adv.columns, dtype=float)
+    slopes = []
+    for _, row in adv.iterrows():
+        ok = row.notna().to_numpy()
+        if ok.sum() >= 2:
+            slopes.append(np.polyfit(np.log10(budgets[ok]), row.to_numpy()[ok], 1)[0])
+    slope, slope_ci = stats.mean_ci(slopes)
+    if len(slopes) == 1 and adv.notna().sum(axis=1).iloc[0] >= 3:  # one seed: the regression's own interval
+        row = adv.iloc[0].dropna()
+        fit = sps.linregress(np.log10(np.array(row.index, dtype=float)), row.to_numpy())
+        slope_ci = float(sps.t.ppf(0.5 + stats.CONFIDENCE / 2, len(row) - 2)) * fit.stderr
+    mean = {float(b): stats.mean_ci(adv[b]) for b in adv.columns}
+    if math.isnan(slope_ci):
+        verdict = "n=1, no CI"
+    elif slope - slope_ci > 0:
+        verdict = "grows"
+    elif slope + slope_ci < 0:
+        verdict = "shrinks"
+    else:
+        verdict = "holds"
+    crossing, note = _crossing(mean, verdict)
+    return Trend(advantage=mean, slope=float(slope), slope_ci=float(slope_ci), verdict=verdict, crossing=crossing,
+                 crossing_note=note)
+
+
+def _crossing(mean: dict[float, tuple[float, float]], verdict: str) -> tuple[float, str]:
+    """Where the line through the mean advantage against log10 budget reaches zero, ahead of the data."""
+    if verdict in ("holds", "n=1, no CI"):
+        return math.nan, "— (no trend)" if verdict == "holds" else "—"
+    logs = np.log10(list(mean))
+    values = np.array([m for m, _ in mean.values()])
+    slope, intercept = np.polyfit(logs, values, 1)
+    at = 10 ** (-intercept / slope)
+    if at > max(mean):
+        return float(at), "extrapolated"
+    if at >= min(mean):
+        return float(at), "within the measured range"
+    return math.nan, "— (moving apart)"
+
+
+def scaling_view(frames: SweepFrames) -> ScalingView:
+    metric = choose_loss_metric(frames.trials) if len(frames.trials) else "eval_loss"
+    points = scaling_points(frames, metric) if len(frames.trials) else pd.DataFrame()
+    budgets = sorted(points["budget"].unique()) if len(points) else []
+    if len(budgets) < 2:
+        raise ScalingError(f"sweep {frames.name!r} has completed trials at {len(budgets)} budget(s); the scaling "
+                           f"view needs two or more: python -m sweeps run {frames.name} --budgets 60s,120s,240s")
+    kinds = sorted(points["kind"].dropna().unique())
+    if len(kinds) != 1:
+        raise ScalingError(f"sweep {frames.name!r} mixes budget kinds ({', '.join(kinds)}); the scaling view "
+                           "reads one kind")
+    labels = {float(b["amount"]): b.get("text", "") for b in frames.definition.get("budgets") or []}
+    labels = {b: labels.get(b) or format_budget(kinds[0], b) for b in budgets}
+    baseline = baseline_variant(frames.trials)
+    c_ref = float(points.loc[points["budget"] == budgets[0], "flops"].mean())
+    order = [v for v in variant_order(frames.trials, baseline) if v in set(points["variant"])]
+    fits = {v: _fit_variant(points[points["variant"] == v], len(budgets), c_ref) for v in order}
+    trends = {}
+    if baseline is not None and baseline in fits:
+        base_rows = points[points["variant"] == baseline]
+        for v in order:
+            if v != baseline and (trend := advantage_trend(points[points["variant"] == v], base_rows)):
+                trends[v] = trend
+    return ScalingView(name=frames.name, kind=kinds[0], budgets=[float(b) for b in budgets], labels=labels,
+                       baseline=baseline, metric=metric, points=points, fits=fits, trends=trends)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _sci(x: float) -> str:
+    return "—" if not np.isfinite(x) else f"{x:.3g}"
+
+
+def _pm(mean: float, ci: float) -> str:
+    return "—" if not np.isfinite(mean) else f"{mean:.3f}" + ("" if not np.isfinite(ci) else f" ± {ci:.3f}")
+
+
+def loss_table(view: ScalingView) -> Table:
+    rows = []
+    for v, group in view.points.groupby("variant", sort=False):
+        for b, at in group.groupby("budget"):
+            loss, ci = stats.mean_ci(at["loss"])
+            rows.append({"variant": v, "budget": view.labels[b], "seeds": str(len(at)), "loss": fmt_loss(loss, ci),
+                         "FLOPs": _sci(at["flops"].mean()), "seconds": f"{at['seconds'].mean():.1f}"})
+    order = {v: i for i, v in enumerate(view.fits)}
+    display = pd.DataFrame(rows).sort_values("variant", key=lambda s: s.map(order), kind="stable")
+    return Table(caption=f"{view.name}: {view.metric} (mean ± 95% t CI over seeds) against compute, per budget",
+                 display=display.reset_index(drop=True), raw=view.points)
+
+
+def fit_table(view: ScalingView) -> Table:
+    rows = []
+    for v, fit in view.fits.items():
+        if fit is None:
+            rows.append({"variant": v, "form": "no fit", "b": "—", "c": "—", "seeds fitted": "0",
+                         "loss at largest": "—"})
+            continue
+        largest = view.points.loc[(view.points["variant"] == v) & (view.points["budget"] == view.budgets[-1]), "flops"]
+        rows.append({"variant": v, "form": fit.form, "b": _pm(fit.b, fit.b_ci),
+                     "c": _pm(fit.c, fit.c_ci), "seeds fitted": str(fit.num_seeds),
+                     "loss at largest": f"{float(fit.predict(largest.mean())):.3f}" if len(largest) else "—"})
+    caption = (f"{view.name}: fitted curves, C = model FLOPs; b and c are the mean over per-seed fits ± 95% t CI. "
+               f"{FORM_POWER} with 2-3 budgets (b is the local log-log slope), {FORM_OFFSET} with 4+")
+    return Table(caption=caption, display=pd.DataFrame(rows), raw=pd.DataFrame(rows))
+
+
+def trend_table(view: ScalingView) -> Table:
+    rows = []
+    for v, t in view.trends.items():
+        row = {"variant": v}
+        for b in view.budgets:
+            m, ci = t.advantage.get(b, (math.nan, math.nan))
+            row[f"adv. @ {format_budget(view.kind, b)}"] = fmt_delta(m, ci)
+        crossing = f"{format_budget(view.kind, t.crossing)} ({t.crossing_note})" if np.isfinite(t.crossing) \
+            else t.crossing_note
+        rows.append(row | {"slope / decade": fmt_delta(t.slope, t.slope_ci), "verdict": t.verdict,
+                           "crosses baseline at": crossing})
+    caption = (f"{view.name}: advantage = {view.baseline} loss − variant loss, paired by seed (positive: better); "
+               "verdict from the slope of the advantage against log10 budget (mean over seeds ± 95% t CI): "
+               "grows (> 0), shrinks (< 0), holds (CI contains 0). A crossing beyond the largest budget is an "
+               "extrapolation of that straight line")
+    return Table(caption=caption, display=pd.DataFrame(rows), raw=pd.DataFrame(rows))
+
+
+def scaling_tables(view: ScalingView) -> list[Table]:
+    tables = [loss_table(view), fit_table(view)]
+    if view.trends:
+        tables.append(trend_table(view))
+    return tables
+
+
+def view_text(view: ScalingView) -> str:
+    return "\n\n".join(to_markdown(t) for t in scaling_tables(view))
+
+
+def scaling_text(store: Store, name: str) -> str:
+    return view_text(scaling_view(load_sweep(store, name)))
+
+
+# ---------------------------------------------------------------- plot
+
+
+def scaling_figure(view: ScalingView) -> Any:
+    """Log-log loss against FLOPs, one panel per variant: each seed's points, the fitted curve, and the
+    baseline's fit dashed for reference."""
+    from analysis.plots import _new_figure
+
+    variants = list(view.fits)
+    cols = min(3, len(variants))
+    rows = math.ceil(len(variants) / cols)
+    fig = _new_figure(4.0 * cols, 3.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
+    grid = np.geomspace(view.points["flops"].min() / 1.3, view.points["flops"].max() * 1.3, 100)
+    base_fit = view.fits.get(view.baseline) if view.baseline else None
+    for ax, v in zip(axes, variants):
+        rows_v = view.points[view.points["variant"] == v]
+        ax.scatter(rows_v["flops"], rows_v["loss"], s=14, color="tab:blue", label="trials (each seed)")
+        fit = view.fits[v]
+        if fit is not None:
+            ax.plot(grid, fit.predict(grid), color="tab:blue", label=f"{fit.form}, b={fit.b:.3f}")
+        if base_fit is not None and v != view.baseline:
+            ax.plot(grid, base_fit.predict(grid), color="black", ls="--", lw=1, label=f"{view.baseline} fit")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        verdict = view.trends[v].verdict if v in view.trends else ""
+        ax.set_title(v + (f" (advantage {verdict})" if verdict else ""), fontsize=9)
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(view.metric)
+        ax.legend(fontsize=7)
+    for ax in axes[len(variants):]:
+        ax.set_visible(False)
+    return fig
+
+
+def plot_scaling(view: ScalingView, out_dir: Path) -> list[Path]:
+    from analysis.plots import save
+
+    return save(scaling_figure(view), out_dir, "scaling")
