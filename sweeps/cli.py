@@ -22,7 +22,7 @@ from rich.table import Table
 from cram_core.cli import OneLineParser, positive_int, unknown_name
 from cram_core.config import ConfigError
 from sweeps.adhoc import find_sweep, grid_sweep, load_sweeps_file, stored_definitions, sweep_from_definition
-from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve
+from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve, stored_budget_text
 from sweeps.store import DEFAULT_STORE, StoreError, store_url
 
 PROG = "python -m sweeps"
@@ -172,15 +172,18 @@ def _resolve(args: argparse.Namespace) -> ResolvedSweep:
         sweep = grid_sweep(args.new_name, args.vary)
     else:
         sweep, stored = find_sweep(args.name, file_sweeps=file_sweeps, store=store_url(args.store))
-    if stored is not None and preset is None and budget is None and not overrides and not args.budgets:
-        # a stored ad-hoc sweep resumes as it was run: same preset, budget and --set overrides (the budget
+    budgets = args.budgets.split(",") if args.budgets else None
+    if stored is not None and preset is None and budget is None and not overrides and not budgets:
+        # a stored ad-hoc sweep resumes as it was run: same preset, budget(s) and --set overrides (the budget
         # as one override from the stored amount: a list naming two budget kinds would be refused)
         preset = stored.get("preset")
         overrides = [o for o in stored.get("base_overrides") or [] if not o.startswith("budget.")]
-        if stored.get("budget"):
+        if stored.get("budgets"):
+            budgets = [stored_budget_text(b) for b in stored["budgets"]]
+        elif stored.get("budget"):
             overrides.append(f"budget.{stored['budget']['kind']}={stored['budget']['amount']!r}")
     resolved = resolve(sweep, preset=preset, budget=budget, seeds=seeds, num_trials=args.trials,
-                       overrides=overrides, budgets=args.budgets.split(",") if args.budgets else None)
+                       overrides=overrides, budgets=budgets)
     if stored is not None and resolved.base.hash() == stored.get("base_config_hash"):
         resolved = dataclasses.replace(resolved, budget_text=(stored.get("budget") or {}).get("text",
                                                                                              resolved.budget_text))

@@ -380,6 +380,16 @@ def budget_points(sweep: Sweep, texts: list[str], budget: str | None) -> tuple[B
     return tuple(sorted(points, key=lambda p: next(iter(p.overrides.values()))))
 
 
+def stored_budget_text(budget: Mapping[str, Any]) -> str:
+    """A budget of a stored definition's "budgets" as --budgets text that parses back to the same amount."""
+    if budget.get("conversion"):
+        return budget["conversion"]["text"]
+    text = format_budget(budget["kind"], budget["amount"])
+    if parse_budget(text) == {f"budget.{budget['kind']}": budget["amount"]}:
+        return text
+    return f"{budget['amount']!r}" + {"seconds": "s", "tokens": "tok", "flops": "flop"}[budget["kind"]]
+
+
 def flops_per_token(cfg: RunConfig) -> float:
     """Training FLOPs per token at the full sequence length, as the budget clock counts them."""
     from cram_core.model import training_flops_per_sequence

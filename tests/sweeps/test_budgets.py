@@ -74,6 +74,14 @@ def test_budgets_on_a_search_sweep_and_bad_lists_from_the_cli_write_nothing(tmp_
     assert capsys.readouterr().err.count("\n") == 1 and not store.exists()
 
 
+@pytest.mark.parametrize("budget", [{"kind": "tokens", "amount": 20e3}, {"kind": "seconds", "amount": 90.0},
+                                    {"kind": "flops", "amount": 1.234567e17}, {"kind": "tokens", "amount": 12345.0}])
+def test_a_stored_budget_reads_back_as_the_same_amount(budget):
+    from sweeps.definitions import parse_budget, stored_budget_text
+
+    assert parse_budget(stored_budget_text(budget)) == {f"budget.{budget['kind']}": budget["amount"]}
+
+
 def test_dry_run_lists_every_budget(capsys):
     assert main(["run", *GRID, "--budgets", "20ktok,40ktok", "--seeds", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -96,6 +104,8 @@ def test_end_to_end_two_token_budgets_one_sweep_reuse_and_scaling_table(tmp_path
     for r in rows:  # each trial's budget is its own, with the text it was run under
         budget = (json.loads(r[5]) if isinstance(r[5], str) else r[5])["budget"]
         assert budget["amount"] == r[4] and budget["text"] in ("20ktok", "40ktok")
+    assert main(["run", "sc", "--store", url, *FAKE]) == 0  # the stored ad-hoc sweep resumes at its budgets
+    assert "12 trials (12 already done, 0 to run)" in capsys.readouterr().out
     assert analysis_main(["scaling", "sc", "--store", url, "--out", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
     assert "| lr=1e-3 | 40ktok | 2 |" in out and "slope / decade" in out
