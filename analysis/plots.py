@@ -329,7 +329,7 @@ def throughput_figure(summary: tables.SweepSummary) -> Figure:
     # the Δ% column sits just right of the axes (axes coordinates, so no bar or error bar can reach it);
     # constrained layout leaves it room on screen and bbox_inches="tight" keeps it in the files
     for pos, (_, row) in zip(positions, rows.iterrows(), strict=True):
-        note = "baseline" if row["is_baseline"] else tables.fmt_pct(row["delta_throughput_pct"])
+        note = "baseline" if row["is_baseline"] else tables.fmt_throughput_delta(row)  # n.s. unless significant
         ax.annotate(note, xy=(1.02, pos), xycoords=("axes fraction", "data"), va="center", fontsize="small",
                     annotation_clip=False)
     if summary.baseline is not None and (rows["is_baseline"]).any():
@@ -338,7 +338,9 @@ def throughput_figure(summary: tables.SweepSummary) -> Figure:
     ax.set_xlabel("tokens / second (mean over completed seeds, error bar = std)")
     ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_xlim(0, float((values + errors).max()) * 1.05)
-    ax.set_title(f"{summary.name}: throughput (Δ% vs baseline at the right)")
+    noisy = (f"; unreliable: tokens/s of one config varied {summary.throughput_spread_pct:.0f}% between seeds"
+             if summary.noisy_throughput else "")
+    ax.set_title(f"{summary.name}: throughput (Δ% vs baseline at the right{noisy})")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -361,7 +363,7 @@ def summary_figure(comparisons: pd.DataFrame) -> Figure:
               for row in ordered.itertuples()]
     ax.set_yticks(np.arange(len(ordered)), labels)
     ax.set_ylim(-0.7, len(ordered) - 0.3)
-    ax.set_xlabel("Δ loss vs the sweep's baseline (negative = better), 95% CI (Welch)")
+    ax.set_xlabel("Δ loss vs the sweep's baseline (negative = better), 95% CI (paired per seed)")
     ax.set_title("All sweeps: effect on loss")
     ax.grid(axis="x", alpha=0.3)
     legend = [Line2D([], [], marker="o", ls="", color=VERDICT_COLORS["helped"], label="helped (p < 0.05)"),

@@ -161,3 +161,14 @@ def test_cli_ci_bootstrap(store_url, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "bootstrap" in err
+
+
+def test_throughput_figure_prints_no_insignificant_delta(tmp_path):
+    from analysis import plots
+
+    url = f"sqlite:///{tmp_path / 'noisy.db'}"
+    _throughput_store(url, spread=0.3, budget_kind="seconds")
+    fig = plots.throughput_figure(tables.summarize(load_sweep(url, "noisy")))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["baseline", "n.s."]  # was "+0.0%": machine noise printed as an effect
+    assert "unreliable" in fig.axes[0].get_title()
