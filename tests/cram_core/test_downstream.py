@@ -310,3 +310,69 @@ def test_cli_usage_errors_are_one_line_too(tmp_path, capsys):
         ds.main([str(tmp_path), "--tasks", "x", "--seeds", "0"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--seeds" in err
+
+
+# ------------------------------------------------------------------------------ speed (issue 9 item 3)
+
+
+def _padded_tokens(batches, lengths):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_length_batches_cover_every_example_once_and_cut_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 60) for _ in range(1003)]
+    batches = ds.length_batches(lengths, 16, torch.Generator().manual_seed(1))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1003))
+    assert [len(b) for b in batches].count(16) == len(batches) - 1  # one short batch, as a plain shuffle has
+    assert batches == ds.length_batches(lengths, 16, torch.Generator().manual_seed(1))  # seeded
+    # before: a random order padded every batch to its longest member
+    order = torch.randperm(1003, generator=torch.Generator().manual_seed(1)).tolist()
+    plain = [order[i : i + 16] for i in range(0, 1003, 16)]
+    assert _padded_tokens(batches, lengths) < 0.75 * _padded_tokens(plain, lengths)
+
+
+def test_length_batches_keep_labels_mixed_where_length_tracks_the_label():
+    # one token longer for every positive: exact-length sorting would make most batches one-label
+    lengths = [10 + (i % 2) for i in range(640)]
+    batches = ds.length_batches(lengths, 16, torch.Generator().manual_seed(0))
+    one_label = sum(len({i % 2 for i in b}) == 1 for b in batches)
+    assert one_label <= 2
+
+
+def test_collate_rounds_the_width_up_to_a_multiple_within_the_limit():
+    ids, mask = ds.collate([[2, 5, 3], [2, 5, 6, 7, 8, 3]], multiple=4)
+    assert ids.shape == (2, 8) and mask.sum().item() == 9 and not mask[:, 6:].any()
+    assert ds.collate([[2] * 9], multiple=8, limit=12)[0].shape == (1, 12)
+    assert ds.collate([[2] * 13], multiple=8, limit=12)[0].shape == (1, 13)  # never shorter than the data
+    assert ds.collate([[2, 3]])[0].shape == (1, 2)  # default: the longest, as before
+
+
+def test_batched_prediction_matches_one_at_a_time(tiny_run):
+    run = ds.load_run(tiny_run)
+    model = ds.build_classifier(run, 2).eval()
+    enc = ds.PairEncoder(run.tokenizer_path, run.max_length)
+    rng = random.Random(4)
+    seqs = enc.encode([(_sentence(rng, i % 3 == 0),) for i in range(37)])
+    batched = ds.predict(model, seqs, regression=True, batch_size=256)
+    alone = np.array([ds.predict(model, [s], regression=True, batch_size=1)[0] for s in seqs])
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_fine_tuning_record_reports_examples_per_second(tiny_run, data_root):
+    task = ds.load_task(data_root / "keyword", max_train=64, max_dev=32)
+    record = ds.finetune(ds.load_run(tiny_run), task, epochs=1, device="cpu")
+    assert record["train_examples_per_second"] > 0 and record["n_train"] == 64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_steps_train_like_eager_steps(tiny_run, data_root):
+    # dropout off: the graphs replay the eager step's arithmetic, so the runs agree to bf16 noise
+    task = ds.load_task(data_root / "keyword", max_train=120, max_dev=64)
+    run = ds.load_run(tiny_run)
+    graphed = ds.finetune(run, task, epochs=2, dropout=0.0, lr=3e-3, device="cuda")
+    eager = ds.finetune(run, task, epochs=2, dropout=0.0, lr=3e-3, device="cuda", cuda_graphs=False)
+    assert graphed["train_loss"] == pytest.approx(eager["train_loss"], rel=0.02, abs=0.02)
+    assert abs(graphed["value"] - eager["value"]) <= 0.05
