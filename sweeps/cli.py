@@ -311,6 +311,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if result.best:
         console.print(f"best (mean over seeds, 95% CI): {result.best.describe()}")
+    if result.gpu_busy:
+        console.print(f"GPU busy {result.gpu_busy.describe()}, Ray start and data preparation included")
     if resolved.budgets:  # one table per budget would be read as more seeds: the scaling view instead
         _print_scaling(url, result.name, console)
     else:
@@ -433,6 +435,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 from sweeps.trial import describe_downstream
 
                 console.print(f"  downstream {describe_downstream(p.definition['downstream'])}")
+            busy = ledger.gpu_busy(name)
+            if busy:
+                console.print(f"  GPU busy {busy[-1].describe()}"
+                              + (f" in the last of {len(busy)} runs" if len(busy) > 1 else ""))
             if args.name:
                 _print_trials(ledger, name, console)
         if not names:

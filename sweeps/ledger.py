@@ -23,11 +23,13 @@ from sqlalchemy.orm import Session
 
 from cram_core.config import ConfigError, RunConfig
 from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
+from sweeps.gpu_monitor import GpuBusy
 from sweeps.store import (
     SUMMARY_FIELDS,
     METRIC_FIELDS,
     DriverRow,
     EvalRow,
+    GpuBusyRow,
     MetricRow,
     SweepRow,
     TrialRow,
@@ -500,6 +502,22 @@ class Ledger:
         self._write(op)
 
     # -------------------------------------------------------------- reading
+
+    def record_gpu_busy(self, sweep_id: int, busy: GpuBusy) -> None:
+        """Store one driver run's GPU busy (sweeps.gpu_monitor)."""
+        self._write(lambda s: s.add(GpuBusyRow(sweep_id=sweep_id, host=socket.gethostname(), wall_s=busy.wall_s,
+                                               busy=busy.busy, per_gpu=list(busy.per_gpu), names=list(busy.names),
+                                               samples=busy.samples)))
+
+    def gpu_busy(self, name: str) -> list[GpuBusy]:
+        """The sweep's GPU-busy records, one per driver run, oldest first."""
+        def op(s: Session) -> list[GpuBusy]:
+            rows = s.scalars(select(GpuBusyRow).join(SweepRow, GpuBusyRow.sweep_id == SweepRow.id)
+                             .where(SweepRow.name == name).order_by(GpuBusyRow.id))
+            return [GpuBusy(wall_s=r.wall_s, per_gpu=tuple(r.per_gpu), names=tuple(r.names), samples=r.samples)
+                    for r in rows]
+
+        return self._read(op)
 
     def progress(self, name: str) -> Progress | None:
         def op(s: Session) -> Progress | None:

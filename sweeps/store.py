@@ -53,6 +53,7 @@ class SweepRow(Base):
     "the resolved sweep: preset, budget, seeds, variants with their overrides"
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     trials: Mapped[list[TrialRow]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
+    gpu_busy: Mapped[list[GpuBusyRow]] = relationship(cascade="all, delete-orphan")
 
 
 class TrialRow(Base):
@@ -128,6 +129,24 @@ class EvalRow(Base):
     value: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     trial: Mapped[TrialRow] = relationship(back_populates="evals")
+
+
+class GpuBusyRow(Base):
+    """One driver run's GPU busy (sweeps.gpu_monitor): NVML utilization integrated over the run's wall time,
+    Ray's start and data preparation included. A resumed sweep gets one row per run."""
+
+    __tablename__ = "cram_gpu_busy"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("cram_sweeps.id"), index=True)
+    host: Mapped[str] = mapped_column(String(200))
+    wall_s: Mapped[float] = mapped_column(Float)
+    busy: Mapped[float] = mapped_column(Float)
+    "mean over the GPUs of the busy fraction of wall_s, in [0, 1]"
+    per_gpu: Mapped[list] = mapped_column(JSON)
+    "busy fraction per GPU index"
+    names: Mapped[list] = mapped_column(JSON)
+    samples: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 class DriverRow(Base):
