@@ -36,6 +36,7 @@ from rich.console import Console
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
 from sweeps.definitions import BASELINE, ResolvedSweep, budget_conversion, search_label, search_overrides, with_seed
+from sweeps.gpu_monitor import GpuBusy, GpuMonitor
 from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
@@ -432,6 +433,10 @@ class RunResult:
     "False when the run was stopped (Ctrl-C) with trials left: rerunning the command resumes"
     reused: int = 0
     "trials linked to a completed (config hash, seed) of another sweep instead of trained"
+    gpu_busy: GpuBusy | None = None
+    "this run's GPU busy (stored per sweep); None when no trial ran or NVML is unavailable"
+    gpu_busy_off: str | None = None
+    "why there is no GPU-busy figure, when NVML is unavailable"
 
 
 def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | None = None) -> RunResult:
@@ -441,6 +446,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     _, prepare = load_backend(opts.backend)
     ledger = Ledger(opts.store_url)
     started_ray, stopped, sweep_id, reused = False, 0, None, 0
+    monitor = GpuMonitor().start()  # before Ray starts and data is prepared: those seconds count too
     try:
         ledger.check_compatible(resolved, opts.downstream)
         ledger.claim(resolved.name)  # atomic: of two drivers racing here, one gets SweepBusy
@@ -516,9 +522,13 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             complete = ledger.search_state(sweep_id)[0] >= resolved.num_trials
         else:
             complete = final.counts["planned"] == 0 and final.counts["running"] == 0 and not stopped
+        busy = monitor.stop() if todo_count else None
+        if busy is not None:
+            ledger.record_gpu_busy(sweep_id, busy)
         return RunResult(resolved.name, opts.store_url, todo_count, skipped, final.counts, final.best,
-                         time.monotonic() - t_start, complete, reused)
+                         time.monotonic() - t_start, complete, reused, busy, monitor.off_reason)
     finally:
+        monitor.stop()
         if sweep_id is not None:
             ledger.heartbeat(sweep_id, clear=True)
         if started_ray:
