@@ -80,8 +80,10 @@ class Conversion:
 
     def describe(self) -> str:
         peak = GPU_PEAKS[self.gpu]
-        return (f"{self.text} = {self.flops:.3g} FLOP: {self.seconds / 3600:g} h x {self.peak_flops / 1e12:g} "
-                f"TFLOP/s ({peak.name} {peak.precision} datasheet peak) x {self.utilisation:.0%} MFU")
+        s = self.seconds
+        duration = f"{s / 3600:.4g} h" if s >= 3600 else f"{s / 60:.4g} min" if s >= 60 else f"{s:.4g} s"
+        return (f"{self.text} = {self.flops:.3g} FLOP: {duration} x {self.peak_flops / 1e12:g} TFLOP/s "
+                f"({peak.name} datasheet peak, {peak.precision}) x {self.utilisation:.0%} MFU")
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "seconds": self.seconds, "gpu": GPU_PEAKS[self.gpu].name,
