@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cram_core import checkpoint as ckpt
-from cram_core import hardware, rng
+from cram_core import distributed, hardware, rng
 from cram_core.averaging import WeightAverager
 from cram_core.budget import BudgetClock
 from cram_core.cli import OneLineParser, run_main
@@ -56,6 +56,7 @@ class Parts:
     scaler: torch.amp.GradScaler  # loss scaling for fp16 autocast; a pass-through otherwise
     vocab_size: int
     flops_cache: dict[int, float] = field(default_factory=dict)
+    ranks: distributed.Ranks = distributed.SINGLE  # data-parallel ranks sharing each optimizer step
 
     def flops_per_sequence(self, seq_len: int) -> float:
         """One forward + backward of one sequence cut at ``seq_len``: the model runs on its kept positions."""
@@ -77,7 +78,7 @@ class Parts:
                 passes * rows * self.flops_per_sequence(seq_len))
 
 
-def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
+def build_parts(cfg: RunConfig, vocab_size: int, ranks: distributed.Ranks = distributed.SINGLE) -> Parts:
     device = hardware.resolve_device(cfg.impl)
     if cfg.impl.threads:
         torch.set_num_threads(cfg.impl.threads)
@@ -85,6 +86,7 @@ def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
     # one stream per purpose (cram_core.rng): same seed => same init, masks and dropout across variants
     model = build_model(cfg.model, vocab_size, seed).to(device)
     torch.manual_seed(rng.stream_seed(seed, "dropout"))  # torch's global stream: dropout, layer drop
+    ranks.seed_dropout(seed)
     model = hardware.apply_precision(model, cfg.impl, device)  # fp8: swaps the linears, keeps the parameters
     fused = cfg.impl.fused_optimizer and device.type == "cuda"
     optimizer = build_optimizer(cfg.optim, model, fused=fused)
@@ -109,6 +111,7 @@ def build_parts(cfg: RunConfig, vocab_size: int) -> Parts:
         generator=generator,
         scaler=hardware.grad_scaler(hardware.resolve_dtype(cfg.impl, device), device),
         vocab_size=vocab_size,
+        ranks=ranks,
     )
 
 
@@ -144,11 +147,14 @@ def accumulate_gradients(parts: Parts, micro_batches: list[torch.Tensor]) -> tor
     """Forward/backward over the micro-batches of one optimizer step; returns the mean loss (on device)."""
     total = torch.zeros((), device=parts.device)
     scale = 1.0 / len(micro_batches)
-    for batch in micro_batches:
+    for index, batch in enumerate(micro_batches):
+        if not parts.ranks.owns(index):  # another rank's: draw its masks anyway, so the stream stays shared
+            parts.objective.mask(batch, parts.generator)
+            continue
         loss = forward_loss(parts, batch, parts.objective, parts.generator)
         parts.scaler.scale(loss * scale).backward()
         total += loss.detach() * scale
-    return total
+    return parts.ranks.reduce_gradients(parts.model, total)
 
 
 def optimizer_step(parts: Parts, micro_batches: list[torch.Tensor], lr: float) -> torch.Tensor:
@@ -309,9 +315,17 @@ class Logger:
             self.file.close()
 
 
-def train(
+def train(cfg: RunConfig, **kwargs: Any) -> dict[str, Any]:
+    """Train ``cfg`` to its budget (see `_train` for the arguments); under torchrun, or beside
+    `distributed.beside_ranks`, as one data-parallel rank: only rank 0 writes and calls back."""
+    with distributed.joined(hardware.resolve_device(cfg.impl).type) as ranks:
+        return _train(cfg, ranks=ranks, **kwargs)
+
+
+def _train(
     cfg: RunConfig,
     *,
+    ranks: distributed.Ranks,
     out_dir: str | Path | None = None,
     callback: MetricsCallback | None = None,
     resume: str | Path | None = None,
@@ -329,16 +343,21 @@ def train(
     from cram_core.data import TrainLoader, prepare
 
     hardware.check_precision(cfg.impl, hardware.resolve_device(cfg.impl))  # before anything is prepared or written
+    if not ranks.is_writer:  # rank 0 alone writes and reports
+        out_dir, callback, progress = None, None, False
+        ranks.barrier()  # rank 0 prepares the data first; the others then find it in the cache
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir else None
     prepared = prepared if prepared is not None else prepare(cfg.data, progress=progress)
+    if ranks.is_writer:
+        ranks.barrier()
     prepare_s = time.perf_counter() - t_start
     if out:  # only once the data is known to be good: a bad source leaves nothing behind
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:  # a resumed run appends to the curve it continues
             (out / "metrics.jsonl").unlink(missing_ok=True)
 
-    parts = build_parts(cfg, prepared.vocab_size)
+    parts = build_parts(cfg, prepared.vocab_size, ranks)
     tokens = prepared.tokens
     train_idx, eval_idx = split_indices(len(tokens), cfg.train.eval_sequences)
     micro = cfg.train.micro_batch_size
@@ -348,7 +367,7 @@ def train(
             "use more data or a smaller micro-batch"
         )
     loader = TrainLoader(tokens, train_idx, micro, parts.device)
-    clock = BudgetClock(cfg.budget)
+    clock = distributed.budget_clock(cfg.budget, ranks)  # seconds agreed over ranks
     averager = WeightAverager(cfg.train, parts.model)
     sample = torch.from_numpy(tokens[train_idx[:micro]].astype(np.int64)).to(parts.device)
     compile_s = warm_up(parts, sample)
@@ -356,6 +375,7 @@ def train(
     step, losses = 0, []
     if resume is not None:
         step, losses = ckpt.load_training_state(Path(resume), parts, loader, clock, averager)
+        ranks.seed_dropout(cfg.train.seed, step)  # the checkpoint holds rank 0's dropout stream only
 
     console = _console() if progress else None
     logger = Logger(parts, out, callback, console)
@@ -435,7 +455,9 @@ def train(
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
         "seed": cfg.train.seed,
-        "hardware": hardware.device_name(parts.device),
+        "hardware": hardware.device_name(parts.device) if ranks.world == 1 else
+        f"{ranks.world} x {hardware.device_name(parts.device)}",
+        "ranks": ranks.world,
         "host": socket.gethostname(),
         "versions": hardware.versions(),
         "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount},
@@ -502,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     except ConfigError as e:
         return parser.fail(e)
-    _print_summary(summary, args.out)
+    if distributed.launched_rank() == 0:  # under torchrun, rank 0 speaks for the run
+        _print_summary(summary, args.out)
     return 0 if summary["status"] == "completed" else 1
 
 

@@ -131,6 +131,9 @@ def place(num_trials: int, *, cpus: int, gpus: int, gpus_per_trial: float | None
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     if gpus_per_trial < 0:
         raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial:g}")
+    from cram_core.distributed import world_size_for
+
+    world_size_for(gpus_per_trial)  # above 1: a whole number of data-parallel ranks
     if gpus_per_trial > 0:
         if gpus < gpus_per_trial:
             raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} but {gpus} GPU(s) visible; use --gpus-per-trial 0")
@@ -191,6 +194,8 @@ class _Driver:
             variant, seed, h = planned.variant, planned.seed, planned.config_hash
             budget = (planned.config.budget.kind, planned.config.budget.amount)  # --budgets: its own
             optuna_id, number = self.mirror.start(variant, trial_attrs(variant=variant, seed=seed, config_hash=h))
+            if planned.budget is not None:  # several budgets: what tells the trials of one (variant, seed) apart
+                self.mirror.set_attrs(optuna_id, {"budget": planned.budget.label})
         self.ledger.start(row_id, optuna_number=number, git=self.git, budget=budget)
         self.active[trial.trial_id] = {"row": row_id, "optuna": optuna_id, "variant": variant, "seed": seed,
                                        "hash": h, "summarised": False, "budget_text": self._budget_text(row_id)}
@@ -463,7 +468,8 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         ledger.heartbeat(sweep_id)
         space = None if sweep.is_search else grid_space(resolved)
         mirror = OptunaMirror(opts.store_url, resolved.name, space=space, attrs={
-            "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
+            "axis": sweep.axis, "preset": resolved.preset,
+            "budget": "; ".join(p.label for p in resolved.budgets) or resolved.budget_text,
             "kind": "search" if sweep.is_search else "grid",
             "downstream": describe_downstream(opts.downstream.to_dict() if opts.downstream else None)})
         settled, orphans = mirror.recover(_finished_twins(ledger, sweep_id, placement))
@@ -629,6 +635,7 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
 
     # cwd: trials resolve relative paths the user typed (data.source=jsonl:corpus/*.xz) as the driver did
     static: dict[str, Any] = {"backend": opts.backend, "threads": placement.threads, "cwd": os.getcwd(),
+                              "gpus_per_trial": placement.gpus_per_trial,
                               "downstream": opts.downstream.to_dict() if opts.downstream else None}
     if opts.keep_models:
         static["keep_models"] = os.path.join(os.path.abspath(opts.keep_models), resolved.name)

@@ -152,14 +152,24 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
             f"trial{config['_optuna_number']}-seed{cfg.train.seed}"
         keep = Path(static["keep_models"]) / safe_name(label)
     downstream = DownstreamSpec.from_dict(static["downstream"]) if static.get("downstream") else None
+    from cram_core.distributed import world_size_for
+
     summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep,
-                        on_trained=flush)
+                        on_trained=flush, world_size=world_size_for(static.get("gpus_per_trial", 0.0)))
     flush()
     summary = {k: _plain(v) for k, v in summary.items()}
     summary["node"] = _ray_node()
+    summary["gpus"] = _gpu_ids()
     value = objective(summary) if summary.get("status") == "completed" else None
     # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
     tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
+
+
+def _gpu_ids() -> list[int]:
+    """The GPUs Ray gave the trial (their indices on its node; data-parallel rank r runs on the r-th)."""
+    import ray
+
+    return [int(i) for i in ray.get_gpu_ids()]
 
 
 def _ray_node() -> dict[str, str]:
@@ -171,8 +181,11 @@ def _ray_node() -> dict[str, str]:
 
 def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any]], None] | None,
               downstream: DownstreamSpec | None = None, keep: Path | None = None,
-              on_trained: Callable[[], None] | None = None) -> dict[str, Any]:
+              on_trained: Callable[[], None] | None = None, world_size: int = 1) -> dict[str, Any]:
     """Train, then (completed trials only) fine-tune downstream; the summary, never an exception.
+
+    `world_size` > 1 trains data-parallel: this process is rank 0 (it keeps the callback and `keep`), the
+    other ranks are child processes (`cram_core.distributed.beside_ranks`), one GPU each on CUDA.
 
     Without downstream tasks or `keep` the trainer gets no out_dir, as before: nothing is written to disk.
     With them the model goes to `keep` or to a temporary folder removed here whatever happens.
@@ -187,9 +200,12 @@ def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any
                 out_dir = keep
             elif downstream is not None:
                 out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
+            from cram_core.distributed import beside_ranks
+
             train, _ = load_backend(backend)
             # held-out loss at fixed budget marks: the Optuna study's intermediate values
-            summary = train(cfg, out_dir=out_dir, callback=callback, progress=False, eval_marks=EVAL_MARKS)
+            with beside_ranks(cfg, world_size, eval_marks=EVAL_MARKS):
+                summary = train(cfg, out_dir=out_dir, callback=callback, progress=False, eval_marks=EVAL_MARKS)
         except Exception as e:  # the trial's failure is its result; the sweep must go on
             summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
                        "seed": cfg.train.seed, "host": socket.gethostname(),
