@@ -194,6 +194,8 @@ class _Driver:
             variant, seed, h = planned.variant, planned.seed, planned.config_hash
             budget = (planned.config.budget.kind, planned.config.budget.amount)  # --budgets: its own
             optuna_id, number = self.mirror.start(variant, trial_attrs(variant=variant, seed=seed, config_hash=h))
+            if planned.budget is not None:  # several budgets: what tells the trials of one (variant, seed) apart
+                self.mirror.set_attrs(optuna_id, {"budget": planned.budget.label})
         self.ledger.start(row_id, optuna_number=number, git=self.git, budget=budget)
         self.active[trial.trial_id] = {"row": row_id, "optuna": optuna_id, "variant": variant, "seed": seed,
                                        "hash": h, "summarised": False, "budget_text": self._budget_text(row_id)}
@@ -466,7 +468,8 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         ledger.heartbeat(sweep_id)
         space = None if sweep.is_search else grid_space(resolved)
         mirror = OptunaMirror(opts.store_url, resolved.name, space=space, attrs={
-            "axis": sweep.axis, "preset": resolved.preset, "budget": resolved.budget_text,
+            "axis": sweep.axis, "preset": resolved.preset,
+            "budget": "; ".join(p.label for p in resolved.budgets) or resolved.budget_text,
             "kind": "search" if sweep.is_search else "grid",
             "downstream": describe_downstream(opts.downstream.to_dict() if opts.downstream else None)})
         settled, orphans = mirror.recover(_finished_twins(ledger, sweep_id, placement))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import optuna
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -104,6 +105,9 @@ def test_end_to_end_two_token_budgets_one_sweep_reuse_and_scaling_table(tmp_path
     for r in rows:  # each trial's budget is its own, with the text it was run under
         budget = (json.loads(r[5]) if isinstance(r[5], str) else r[5])["budget"]
         assert budget["amount"] == r[4] and budget["text"] in ("20ktok", "40ktok")
+    study = optuna.load_study(study_name="sc", storage=url)
+    assert study.user_attrs["budget"] == "20ktok; 40ktok"
+    assert sorted(t.user_attrs.get("budget", "") for t in study.trials)[-6:] == ["40ktok"] * 6
     assert main(["run", "sc", "--store", url, *FAKE]) == 0  # the stored ad-hoc sweep resumes at its budgets
     assert "12 trials (12 already done, 0 to run)" in capsys.readouterr().out
     assert analysis_main(["scaling", "sc", "--store", url, "--out", str(tmp_path / "plots")]) == 0
