@@ -25,8 +25,9 @@ from cram_core.config import (
 
 def crammed_bert() -> RunConfig:
     """The paper's final recipe (ABLATIONS.md): 16x768 pre-LN GLU BERT, triangle LR, batch 8192 ramped."""
-    # Micro-batch 256 by measurement (H200, bench, one run, issue 9): 512 was 3.9% faster (586,036 vs
-    # 564,019 tokens/s) at 1.9x the memory (32.1 vs 16.9 GB); 256 keeps the preset on 24 GB cards.
+    # Micro-batch 256 by measurement (H200, bench, one device call, docs/SPEED.md): 512 is 3.8% faster
+    # (611,853 vs 589,228 tokens/s) at 1.9x the memory (27.1 vs 14.4 GB); 256 keeps the preset on 16 GB
+    # cards and the batch ramp starting at 256 sequences.
     # Re-measure with `python -m cram_core.bench --preset crammed-bert --vary train.micro_batch_size=256,512`.
     return RunConfig(budget=BudgetConfig(seconds=86400.0), train=TrainConfig(micro_batch_size=256))
 
