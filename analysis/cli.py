@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--format", choices=tables.FORMATS, default="md", help="markdown, CSV (raw numbers) or LaTeX")
     table.add_argument("--ci", choices=tables.CI_METHODS, default="t",
                        help="Δ loss intervals: t (default) or a percentile bootstrap of the per-seed differences")
+    table.add_argument("--budget", metavar="B",
+                       help="a sweep run at several budgets (--budgets): the table at this one, e.g. 60s (default: "
+                            "required for such a sweep, else the sweep's only budget)")
     table.add_argument("--kind", choices=tables.KINDS, default="auto",
                        help="auto: per-variant table, plus the Table 5 form for group_ablation; groups: Table 5 form")
 
@@ -71,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(args: argparse.Namespace) -> None:
+    from analysis import scaling
+
+    frames = load_sweep(args.store, args.sweep)
+    if args.budget is not None or len(scaling.stored_budgets(frames)) > 1:  # else the budgets read as extra seeds
+        frames = scaling.at_budget(frames, args.budget)
+        print("\n\n".join(tables.render(t, args.format) for t in
+                           tables.tables_for(frames, args.format, kind=args.kind, ci=args.ci)))
+        return
     if args.format == "csv":
         frames = load_sweep(args.store, args.sweep)
         message = tables.empty_message(frames)

@@ -26,6 +26,7 @@ beyond the largest budget that is an extrapolation and is marked as one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from cram_core.config import ConfigError
 from scipy.optimize import OptimizeWarning, curve_fit
-from sweeps.definitions import format_budget
+from sweeps.definitions import format_budget, parse_budget
 from sweeps.store import StoreError
 
 from analysis import stats
@@ -160,7 +162,9 @@ def _fit_variant(rows: pd.DataFrame, num_budgets: int, c_ref: float) -> CurveFit
 
 def advantage_trend(variant: pd.DataFrame, baseline: pd.DataFrame) -> Trend | None:
     """The paired advantage (baseline loss - variant loss, per seed and budget) against log10 budget."""
-    pivot = lambda rows: rows.pivot_table(index="seed", columns="budget", values="loss")  # noqa: E731
+    def pivot(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.pivot_table(index="seed", columns="budget", values="loss")
+
     adv = pivot(baseline) - pivot(variant)
     adv = adv.dropna(how="all").dropna(axis=1, how="all")
     if adv.shape[1] < 2:
@@ -230,6 +234,34 @@ def scaling_view(frames: SweepFrames) -> ScalingView:
                 trends[v] = trend
     return ScalingView(name=frames.name, kind=kinds[0], budgets=[float(b) for b in budgets], labels=labels,
                        baseline=baseline, metric=metric, points=points, fits=fits, trends=trends)
+
+
+def stored_budgets(frames: SweepFrames) -> list[tuple[str, float]]:
+    """The distinct (kind, amount) budgets of the sweep's trials that have one."""
+    t = frames.trials.dropna(subset=["budget_kind", "budget_amount"])
+    return sorted({(str(k), float(a)) for k, a in zip(t["budget_kind"], t["budget_amount"])}, key=lambda b: b[1])
+
+
+def at_budget(frames: SweepFrames, text: str | None) -> SweepFrames:
+    """The sweep's trials at one budget (`analysis table --budget`), so a one-budget table of a sweep run at
+    several never reads the budgets as extra seeds. Without `text` the sweep must have one budget."""
+    budgets = stored_budgets(frames)
+    listed = ", ".join(format_budget(k, a) for k, a in budgets)
+    if text is None:
+        raise ScalingError(f"sweep {frames.name!r} ran at {len(budgets)} budgets ({listed}): give --budget B for a "
+                           f"table at one of them, or see python -m analysis scaling {frames.name}")
+    try:
+        ((key, amount),) = parse_budget(text).items()
+    except ConfigError as e:
+        raise ScalingError(str(e)) from None
+    kind = key.split(".")[1]
+    t = frames.trials
+    keep = (t["budget_kind"] == kind) & np.isclose(t["budget_amount"].astype(float), amount, rtol=1e-9, atol=0)
+    if not keep.any():
+        raise ScalingError(f"sweep {frames.name!r} has no trials at budget {text!r}; its budgets: {listed or 'none'}")
+    ids = set(t.loc[keep, "trial_id"])
+    return dataclasses.replace(frames, trials=t[keep], metrics=frames.metrics[frames.metrics["trial_id"].isin(ids)],
+                               evals=frames.evals[frames.evals["trial_id"].isin(ids)])
 
 
 # ---------------------------------------------------------------- tables

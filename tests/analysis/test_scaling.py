@@ -124,3 +124,18 @@ def test_one_budget_is_a_one_line_error_saying_how_to_get_several(tmp_path, caps
     assert "\n" not in err and "--budgets" in err and not (tmp_path / "plots").exists()
     with pytest.raises(ScalingError):
         scaling_view(load_sweep(url, "flat"))
+
+
+def test_a_one_budget_table_of_a_several_budget_sweep_needs_its_budget(tmp_path, capsys):
+    # before: `analysis table` averaged each seed over the budgets, as if they were one run
+    url = _advantage_store(tmp_path)
+    assert analysis_main(["table", "scal", "--store", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "3 budgets (1e+15flop, 1e+16flop, 1e+17flop)" in err and "analysis scaling" in err
+    assert analysis_main(["table", "scal", "--store", url, "--budget", "1e17flop", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert "3.155" in out or "3.15" in out  # the baseline's loss at 1e17 only (5 x 100^-0.1 = 3.155)
+    assert "5.00" not in out
+    for bad in ("1e18flop", "lots"):
+        assert analysis_main(["table", "scal", "--store", url, "--budget", bad]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
