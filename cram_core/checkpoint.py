@@ -71,8 +71,9 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def save_training_state(path: Path, parts: Any, loader: Any, clock: Any, averager: Any, step: int,
-                        losses: list[float], prepared: Any) -> None:
-    """Write a resumable checkpoint atomically (temp dir + rename)."""
+                        losses: list[float], prepared: Any, dropout_states: list[dict[str, Any]] | None = None) -> None:
+    """Write a resumable checkpoint atomically (temp dir + rename); ``dropout_states``: one per
+    data-parallel rank (`Ranks.dropout_states`), else this process's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     try:
@@ -89,6 +90,7 @@ def save_training_state(path: Path, parts: Any, loader: Any, clock: Any, average
                 "scaler": parts.scaler.state_dict(),  # fp16 loss scale (plain numbers); {} otherwise
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "dropout_states": dropout_states or parts.ranks.dropout_states(),
             },
             tmp / "state.pt",
         )
@@ -176,4 +178,6 @@ def load_training_state(path: Path, parts: Any, loader: Any, clock: Any, average
         raise CheckpointError(f"--resume {path}: the checkpoint does not fit this run ({_one_line(e)})") from None
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state.get("dropout_states"):  # per data-parallel rank; absent in checkpoints of earlier versions
+        parts.ranks.restore_dropout(state["dropout_states"], parts.cfg.train.seed, state["step"])
     return state["step"], list(state["losses"])

@@ -5,7 +5,9 @@ micro-batch from the shared ``masks`` stream, but runs forward/backward only on 
 (index % world == rank); the gradients (each already scaled by 1 / micro-batches, as on one rank) are summed
 over ranks. So N ranks train on exactly the sequences and masks one rank would, with the same global batch:
 only the summation order differs. Loader, clock, schedules, averager and optimizer state stay identical on
-every rank, which keeps the budget, the batch ramp, checkpoints and resume what they are on one rank.
+every rank, which keeps the budget, the batch ramp, checkpoints and resume what they are on one rank; the
+one per-rank state, each rank's dropout stream, is gathered into rank 0's checkpoints. Held-out batches are
+dealt the same way.
 
 Why not DistributedDataParallel: its bucketed all-reduce overlaps the backward pass, but it averages over
 ranks (wrong when the batch ramp gives ranks unequal micro-batch counts), needs ``no_sync`` around gradient
@@ -94,20 +96,47 @@ class Ranks:
         dist.broadcast(t, src=0, group=self.clock_group)
         return float(t.item())
 
+    def sum_floats(self, *values: float) -> tuple[float, ...]:
+        """Each value summed over ranks (float64), the same on every rank."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self.clock_group)
+        return tuple(t.tolist())
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier(group=self.clock_group)
 
-    def seed_dropout(self, seed: int, step: int = 0) -> None:
-        """Rank r > 0 gets its own dropout stream (rank 0 keeps the single-rank one), derived from the seed.
+    def rank0_says(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (a choice only rank 0 can make, such as whether to checkpoint)."""
+        return bool(self.broadcast_float(float(flag)))
 
-        A checkpoint holds rank 0's stream only (rank 0 alone writes), so on resume at ``step`` ranks r > 0
-        restart theirs from (seed, r, step): deterministic, but with dropout on, not the draws an
-        uninterrupted run makes on those ranks.
-        """
+    def seed_dropout(self, seed: int, step: int = 0) -> None:
+        """Rank r > 0 gets its own dropout stream (rank 0 keeps the single-rank one), derived from the seed;
+        ``step`` > 0: a rank that resumes a checkpoint written by fewer ranks starts a stream of its own."""
         if self.rank > 0:
             torch.manual_seed(rng.stream_seed(seed, f"dropout:rank{self.rank}:step{step}" if step else
                                               f"dropout:rank{self.rank}"))
+
+    def dropout_states(self) -> list[dict[str, Any]]:
+        """Every rank's dropout stream (torch's CPU generator, and its own CUDA device's), for rank 0 to save."""
+        mine = {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
+        if self.world == 1:
+            return [mine]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, mine, group=self.clock_group)
+        return states
+
+    def restore_dropout(self, states: list[dict[str, Any]], seed: int, step: int) -> None:
+        """This rank's stream from a checkpoint's `dropout_states`."""
+        if self.rank >= len(states):
+            self.seed_dropout(seed, step)
+            return
+        torch.set_rng_state(states[self.rank]["cpu"])
+        if states[self.rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[self.rank]["cuda"])
 
 
 SINGLE = Ranks()

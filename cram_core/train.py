@@ -220,11 +220,15 @@ def evaluate(parts: Parts, tokens: np.ndarray, indices: np.ndarray, state: dict[
     model.eval()
     total, count = 0.0, 0
     micro = parts.cfg.train.micro_batch_size
-    for start in range(0, len(indices), micro):
+    for index, start in enumerate(range(0, len(indices), micro)):
         batch = torch.from_numpy(tokens[indices[start : start + micro]].astype(np.int64)).to(parts.device)
+        if not parts.ranks.owns(index):  # another rank's batch: its masks only, so every batch keeps its own
+            objective.mask(batch, generator)
+            continue
         loss = forward_loss(parts, batch, objective, generator, model=model)
         total += float(loss) * len(batch)
         count += len(batch)
+    total, count = parts.ranks.sum_floats(total, count)
     model.train(was_training)
     if saved is not None:
         model.load_state_dict(saved)
@@ -375,12 +379,13 @@ def _train(
     step, losses = 0, []
     if resume is not None:
         step, losses = ckpt.load_training_state(Path(resume), parts, loader, clock, averager)
-        ranks.seed_dropout(cfg.train.seed, step)  # the checkpoint holds rank 0's dropout stream only
 
     console = _console() if progress else None
     logger = Logger(parts, out, callback, console)
     status, reason = "completed", None
-    next_ckpt = _next_checkpoint(cfg.train.checkpoint_every, clock.progress)
+    # every rank takes part in a checkpoint (rank 0 saves their dropout streams), if rank 0 writes one
+    next_ckpt = _next_checkpoint(cfg.train.checkpoint_every, clock.progress) if ranks.rank0_says(out is not None) \
+        else None
     next_mark = _next_checkpoint(1.0 / eval_marks, clock.progress) if eval_marks > 0 else None
     eval_curve: list[tuple[float, float]] = []
     pending: list[torch.Tensor] = []
@@ -412,10 +417,12 @@ def _train(
                     eval_curve.append((clock.tokens, held_out))
                     next_mark = _next_checkpoint(1.0 / eval_marks, clock.progress)
                 logger.record(step, clock, float(window.mean()), lr, batch_size, seq_len, held_out)
-            if out and next_ckpt is not None and clock.progress >= next_ckpt and not clock.done:
+            if next_ckpt is not None and clock.progress >= next_ckpt and not clock.done:
                 with clock.paused():
-                    ckpt.save_training_state(out / "checkpoints" / f"step-{step:07d}", parts, loader, clock,
-                                             averager, step, losses, prepared)
+                    dropout_states = ranks.dropout_states()
+                    if out:
+                        ckpt.save_training_state(out / "checkpoints" / f"step-{step:07d}", parts, loader, clock,
+                                                 averager, step, losses, prepared, dropout_states)
                 next_ckpt = _next_checkpoint(cfg.train.checkpoint_every, clock.progress)
     finally:
         logger.close()

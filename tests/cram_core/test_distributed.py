@@ -70,10 +70,15 @@ def test_only_rank_zero_writes(runs):
         [p.name for p in (root / "one" / "checkpoints").iterdir()]
 
 
-def test_torchrun_resumes_two_ranks_like_the_uninterrupted_run(runs, tmp_path):
-    root, _, two, _ = runs
-    (checkpoint,) = (root / "two" / "checkpoints").iterdir()
-    stdout = torchrun("--out", str(tmp_path / "resumed"), "--resume", str(checkpoint))
+def test_torchrun_resumes_two_ranks_like_the_uninterrupted_run(tmp_path):
+    """With dropout on, so rank 1's own dropout stream must come back from the checkpoint too."""
+    from sweeps.trial import run_trial
+
+    dropout = ["model.dropout=0.1"]
+    cfg = apply_overrides(get_preset("tiny"), FLAGS + dropout)
+    two = run_trial(cfg, backend="cram_core", callback=None, keep=tmp_path / "two", world_size=2)
+    (checkpoint,) = (tmp_path / "two" / "checkpoints").iterdir()
+    stdout = torchrun("--out", str(tmp_path / "resumed"), "--resume", str(checkpoint), *dropout)
     assert stdout.count("status        completed") == 1  # rank 0 alone prints
     resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert resumed["ranks"] == 2
