@@ -175,6 +175,11 @@ class ResolvedSweep:
     def name(self) -> str:
         return self.sweep.name
 
+    @property
+    def budgets_text(self) -> str:
+        """Every budget the sweep runs at, as the user reads them."""
+        return "; ".join(p.label for p in self.budgets) or self.budget_text
+
     def runnable_variants(self) -> list[Variant]:
         return [v for v in self.variants if v.same_as is None]
 

@@ -469,7 +469,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         space = None if sweep.is_search else grid_space(resolved)
         mirror = OptunaMirror(opts.store_url, resolved.name, space=space, attrs={
             "axis": sweep.axis, "preset": resolved.preset,
-            "budget": "; ".join(p.label for p in resolved.budgets) or resolved.budget_text,
+            "budget": resolved.budgets_text,
             "kind": "search" if sweep.is_search else "grid",
             "downstream": describe_downstream(opts.downstream.to_dict() if opts.downstream else None)})
         settled, orphans = mirror.recover(_finished_twins(ledger, sweep_id, placement))
@@ -497,7 +497,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         console.print(
             f"[bold]{resolved.name}[/]: {resolved.num_trials} trials ({skipped} already done, "
             + (f"{reused} reused from other sweeps, " if reused else "") + f"{todo_count} to run) "
-            f"| preset {resolved.preset}, budget {resolved.budget_text} | {placement.describe()}"
+            f"| preset {resolved.preset}, budget {resolved.budgets_text} | {placement.describe()}"
         )
         if opts.downstream:
             console.print(f"downstream after each completed trial (outside the budget): "

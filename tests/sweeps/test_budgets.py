@@ -96,7 +96,7 @@ def test_end_to_end_two_token_budgets_one_sweep_reuse_and_scaling_table(tmp_path
     capsys.readouterr()
     assert main(["run", *GRID, "--seeds", "2", "--budgets", "20ktok,40ktok", "--store", url, *FAKE]) == 0
     out = capsys.readouterr().out
-    assert "12 trials (6 already done, 6 to run)" in out
+    assert "12 trials (6 already done, 6 to run) | preset tiny, budget 20ktok; 40ktok |" in out
     assert "adv. @ 20ktok" in out and "verdict" in out  # the scaling view, not a one-budget table
     rows = _trials(url, "sc")
     assert sorted((r[0], r[1], r[4]) for r in rows) == sorted(
