@@ -199,7 +199,10 @@ def _ray_cli() -> str:
 
 
 def ray_env() -> dict[str, str]:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    # a local Ray started in this process (the ray_local fixture) sets "no cluster" mode in os.environ, under
+    # which `ray start --address` refuses to join; this is a real multi-node cluster, on loopback, ours
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    return {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def ray_cluster(*, head_cpus: int = 1, worker_cpus: int = 1, timeout_s: float = 120) -> RayCluster:
