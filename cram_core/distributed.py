@@ -44,6 +44,8 @@ from cram_core import rng
 from cram_core.budget import BudgetClock
 from cram_core.config import BudgetConfig, ConfigError, RunConfig
 
+RANK0_PID = "CRAM_RANK0_PID"
+"the environment variable that tells a child rank its parent, rank 0"
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 "how long a rank waits in a collective for the others (a crashed rank then fails the run instead of hanging)"
 
@@ -253,7 +255,7 @@ def beside_ranks(cfg: RunConfig, world: int, *, eval_marks: int = 0) -> Iterator
         try:
             for r in range(1, world):
                 env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
-                       "LOCAL_RANK": str(r), "WORLD_SIZE": str(world)}
+                       "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), RANK0_PID: str(os.getpid())}
                 children.append(subprocess.Popen([sys.executable, "-m", "cram_core.distributed", str(config_path)],
                                                  env=env, stdin=subprocess.DEVNULL))
             if device.type == "cuda":
@@ -276,8 +278,21 @@ def beside_ranks(cfg: RunConfig, world: int, *, eval_marks: int = 0) -> Iterator
                     child.wait()
 
 
+def _die_with_rank0() -> None:
+    """A child rank must not outlive its rank 0 (a Ray trial's worker killed): it would hold its GPU and
+    wait in a collective. On Linux the kernel kills it when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get(RANK0_PID):  # rank 0 died before the line above took effect
+        os._exit(1)
+
+
 def _child_main(config_path: str) -> int:
     """A rank started by `beside_ranks`: train the given config, write and report nothing."""
+    _die_with_rank0()
     from cram_core.train import train
 
     spec = json.loads(Path(config_path).read_text())

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +163,42 @@ def test_a_trial_records_the_gpus_ray_gave_it(monkeypatch):
 
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["3", "5"])
     assert trial._gpu_ids() == [3, 5]
+
+
+RANK0 = """
+import os, subprocess, sys, time
+env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": sys.argv[2], "RANK": "1", "LOCAL_RANK": "1",
+       "WORLD_SIZE": "2", "CRAM_RANK0_PID": str(os.getpid())}
+child = subprocess.Popen([sys.executable, "-m", "cram_core.distributed", sys.argv[1]], env=env)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_rank_dies_with_its_rank_zero(tmp_path):
+    """rank 0 SIGKILLed (a lost Ray worker): its child rank, waiting for the rendezvous, goes too."""
+    import signal
+    import time
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config": apply_overrides(get_preset("tiny"), FLAGS).to_dict(), "eval_marks": 0}))
+    rank0 = subprocess.Popen([sys.executable, "-c", RANK0, str(config), str(distributed._free_port())],
+                             stdout=subprocess.PIPE, text=True)
+    child = int(rank0.stdout.readline())
+    time.sleep(3)  # let the child get going (the test passes either side of its prctl)
+    rank0.send_signal(signal.SIGKILL)
+    rank0.wait()
+    deadline = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child rank outlived its rank 0")
