@@ -202,3 +202,14 @@ def test_a_child_rank_dies_with_its_rank_zero(tmp_path):
     if _alive(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child rank outlived its rank 0")
+
+
+def test_two_ranks_stop_together_under_a_seconds_budget():
+    """Wall clocks differ per rank: without rank 0's seconds on both, one would stop first and leave the
+    other waiting in its next all-reduce (the child's non-zero exit or a timeout would fail the trial)."""
+    from sweeps.trial import run_trial
+
+    cfg = apply_overrides(get_preset("tiny"), [f for f in FLAGS if not f.startswith(("budget.", "train.checkpoint"))] + ["budget.seconds=2"])
+    summary = run_trial(cfg, backend="cram_core", callback=None, world_size=2)
+    assert summary["status"] == "completed", summary.get("reason")
+    assert summary["ranks"] == 2 and summary["steps"] > 0 and summary["seconds"] >= 2
