@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cram_core.config import ConfigError, RunConfig
-from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep
+from sweeps.definitions import BASELINE, PlannedTrial, ResolvedSweep, format_budget
 from sweeps.gpu_monitor import GpuBusy
 from sweeps.store import (
     SUMMARY_FIELDS,
@@ -528,7 +528,7 @@ class Ledger:
                                     .group_by(TrialRow.status)).all())
             rows = list(s.scalars(select(TrialRow).where(TrialRow.sweep_id == sweep.id,
                                                          TrialRow.status.in_(("completed", "running")))))
-            values: dict[str, list[float]] = {}
+            values: dict[tuple[str | None, float | None], dict[str, list[float]]] = {}
             durations, running = [], []
             now = _now()
             for r in rows:
@@ -539,16 +539,26 @@ class Ledger:
                     durations.append((_aware(r.finished_at) - _aware(r.started_at)).total_seconds())
                 value = objective({"eval_loss": r.eval_loss, "final_loss": r.final_loss})
                 if value is not None:
-                    values.setdefault(r.variant, []).append(value)
-            from analysis.stats import best_mean  # scipy: paid only by the commands that read progress
-
-            best = best_mean(values)
+                    values.setdefault((r.budget_kind, r.budget_amount), {}).setdefault(r.variant, []).append(value)
+            best = _best_at_largest_budget(values)
             mean = sum(durations) / len(durations) if durations else None
             return Progress(name, {k: counts.get(k, 0) for k in ("planned", "running", "completed", "diverged",
                                                                   "failed", "cancelled")},
                             best, mean, running, sweep.definition)
 
         return self._read(op)
+
+
+def _best_at_largest_budget(values: dict[tuple[str | None, float | None], dict[str, list[float]]]) -> Any:
+    """The best mean over seeds; in a sweep run at several budgets (--budgets), among the trials at the largest
+    budget with results so far, which it names (mixing budgets would read them as extra seeds)."""
+    from analysis.stats import best_mean  # scipy: paid only by the commands that read progress
+
+    if len(values) <= 1:
+        return best_mean(next(iter(values.values()), {}))
+    kind, amount = max(values, key=lambda budget: budget[1] or 0.0)
+    at = format_budget(kind or "", amount or 0.0)
+    return best_mean({f"{variant} at {at}": v for variant, v in values[(kind, amount)].items()})
 
 
 def _aware(t: dt.datetime) -> dt.datetime:

@@ -189,17 +189,21 @@ class _Driver:
             optuna_id = self.mirror.trial_id(trial.config["_optuna_number"])
             self.mirror.set_attrs(optuna_id, trial_attrs(variant=variant, seed=seed, config_hash=h))
             number = trial.config["_optuna_number"]
+            shown = variant
         else:
             row_id, planned = self.grid_rows[trial.config["index"]]
             variant, seed, h = planned.variant, planned.seed, planned.config_hash
             budget = (planned.config.budget.kind, planned.config.budget.amount)  # --budgets: its own
             optuna_id, number = self.mirror.start(variant, trial_attrs(variant=variant, seed=seed, config_hash=h))
+            shown = variant  # the live view's name: with its budget under --budgets
             if planned.budget is not None:  # several budgets: what tells the trials of one (variant, seed) apart
                 self.mirror.set_attrs(optuna_id, {"budget": planned.budget.label})
+                shown = f"{variant} @ {planned.budget.text}"
         self.ledger.start(row_id, optuna_number=number, git=self.git, budget=budget)
         self.active[trial.trial_id] = {"row": row_id, "optuna": optuna_id, "variant": variant, "seed": seed,
-                                       "hash": h, "summarised": False, "budget_text": self._budget_text(row_id)}
-        self.progress.trial_started(trial.trial_id, variant=variant, seed=seed)
+                                       "hash": h, "summarised": False, "budget_text": self._budget_text(row_id),
+                                       "shown": shown}
+        self.progress.trial_started(trial.trial_id, variant=shown, seed=seed)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         t = self.active.get(trial.trial_id)
@@ -259,7 +263,8 @@ class _Driver:
         if not self.search:  # OptunaSearch tells its own trials, from the same summary report
             self.mirror.finish(t["optuna"], value)
         self.progress.trial_finished(tune_id, status=status, value=value, reason=summary.get("reason"),
-                                     variant=t["variant"], seed=t["seed"], note=_downstream_note(summary))
+                                     variant=t["shown"], seed=t["seed"],
+                                     note=_downstream_note(summary))
 
     def _budget_text(self, row_id: int) -> str:
         planned = next((p for r, p in self.grid_rows if r == row_id), None)  # None in a search sweep

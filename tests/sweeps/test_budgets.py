@@ -98,6 +98,10 @@ def test_end_to_end_two_token_budgets_one_sweep_reuse_and_scaling_table(tmp_path
     out = capsys.readouterr().out
     assert "12 trials (6 already done, 6 to run) | preset tiny, budget 20ktok; 40ktok |" in out
     assert "adv. @ 20ktok" in out and "verdict" in out  # the scaling view, not a one-budget table
+    assert "lr=1e-3 @ 40ktok (seed 1)  loss" in out  # the live lines name each trial's budget
+    # the best mean is over the seeds at the largest budget (before: over seeds and budgets, 'mean of 4 seeds')
+    best = next(line for line in out.splitlines() if line.startswith("best"))
+    assert " at 40ktok " in best and "(mean of 2 seeds)" in best
     rows = _trials(url, "sc")
     assert sorted((r[0], r[1], r[4]) for r in rows) == sorted(
         (v, s, b) for v in ("baseline", "lr=1e-3", "lr=3e-3") for s in (0, 1) for b in (20e3, 40e3))
