@@ -343,6 +343,8 @@ def scaling_text(store: Store, name: str) -> str:
 def scaling_figure(view: ScalingView) -> Any:
     """Log-log loss against FLOPs, one panel per variant: each seed's points, the fitted curve, and the
     baseline's fit dashed for reference."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
     from analysis.plots import _new_figure
 
     variants = list(view.fits)
@@ -352,6 +354,7 @@ def scaling_figure(view: ScalingView) -> Any:
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
     grid = np.geomspace(view.points["flops"].min() / 1.3, view.points["flops"].max() * 1.3, 100)
     base_fit = view.fits.get(view.baseline) if view.baseline else None
+    ticks = sorted(view.points.groupby("budget")["flops"].mean())
     for ax, v in zip(axes, variants):
         rows_v = view.points[view.points["variant"] == v]
         ax.scatter(rows_v["flops"], rows_v["loss"], s=14, color="tab:blue", label="trials (each seed)")
@@ -362,6 +365,12 @@ def scaling_figure(view: ScalingView) -> Any:
             ax.plot(grid, base_fit.predict(grid), color="black", ls="--", lw=1, label=f"{view.baseline} fit")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # ticks at the measured budgets and plain loss values: a narrow log range otherwise labels minor ticks
+        # in overlapping scientific notation
+        ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
         verdict = view.trends[v].verdict if v in view.trends else ""
         ax.set_title(v + (f" (advantage {verdict})" if verdict else ""), fontsize=9)
         ax.set_xlabel("training FLOPs")
