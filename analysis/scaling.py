@@ -138,18 +138,19 @@ def scaling_points(frames: SweepFrames, metric: str) -> pd.DataFrame:
                          "seconds": done["seconds"].astype(float)}).reset_index(drop=True)
 
 
-def _fit_variant(rows: pd.DataFrame, num_budgets: int, c_ref: float) -> CurveFit | None:
-    if rows["budget"].nunique() < 2 or not np.isfinite(rows["flops"]).all():
+def _fit_variant(rows: pd.DataFrame, num_budgets: int, c_ref: float, x: str = "flops") -> CurveFit | None:
+    """`x`: the compute column, flops (the tables) or seconds (the seconds plot)."""
+    if rows["budget"].nunique() < 2 or not np.isfinite(rows[x]).all():
         return None
     try:
-        form, params = fit_curve(rows["flops"], rows["loss"], rows["budget"].nunique(), c_ref)
+        form, params = fit_curve(rows[x], rows["loss"], rows["budget"].nunique(), c_ref)
     except (RuntimeError, ValueError):  # no convergence: the table says so rather than print a bad curve
         return None
     per_seed = []
     for _, seed_rows in rows.groupby("seed"):
         if seed_rows["budget"].nunique() == rows["budget"].nunique():
             try:
-                per_seed.append(fit_curve(seed_rows["flops"], seed_rows["loss"], num_budgets, c_ref)[1])
+                per_seed.append(fit_curve(seed_rows[x], seed_rows["loss"], num_budgets, c_ref)[1])
             except (RuntimeError, ValueError):
                 continue
     seeds = np.array(per_seed) if per_seed else np.empty((0, len(params)))
@@ -340,25 +341,37 @@ def scaling_text(store: Store, name: str) -> str:
 # ---------------------------------------------------------------- plot
 
 
-def scaling_figure(view: ScalingView) -> Any:
-    """Log-log loss against FLOPs, one panel per variant: each seed's points, the fitted curve, and the
-    baseline's fit dashed for reference."""
+def _fits_against(view: ScalingView, x: str) -> dict[str, CurveFit | None]:
+    if x == "flops":
+        return view.fits
+    points = view.points
+    c_ref = float(points.loc[points["budget"] == view.budgets[0], x].mean())
+    return {v: _fit_variant(points[points["variant"] == v], len(view.budgets), c_ref, x) for v in view.fits}
+
+
+def scaling_figure(view: ScalingView, x: str = "flops") -> Any:
+    """Log-log loss against compute (`x`: flops or seconds), one panel per variant: each seed's points, the
+    fitted curve, and the baseline's fit dashed for reference."""
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     from analysis.plots import _new_figure
 
-    variants = list(view.fits)
+    fits = _fits_against(view, x)
+    variants = list(fits)
     cols = min(3, len(variants))
     rows = math.ceil(len(variants) / cols)
     fig = _new_figure(4.0 * cols, 3.2 * rows)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
-    grid = np.geomspace(view.points["flops"].min() / 1.3, view.points["flops"].max() * 1.3, 100)
-    base_fit = view.fits.get(view.baseline) if view.baseline else None
-    ticks = sorted(view.points.groupby("budget")["flops"].mean())
+    grid = np.geomspace(view.points[x].min() / 1.3, view.points[x].max() * 1.3, 100)
+    base_fit = fits.get(view.baseline) if view.baseline else None
+    ticks: list[float] = []
+    for t in sorted(view.points.groupby("budget")[x].mean()):  # seconds of two budgets can nearly coincide
+        if not ticks or t > 1.25 * ticks[-1]:
+            ticks.append(float(t))
     for ax, v in zip(axes, variants):
         rows_v = view.points[view.points["variant"] == v]
-        ax.scatter(rows_v["flops"], rows_v["loss"], s=14, color="tab:blue", label="trials (each seed)")
-        fit = view.fits[v]
+        ax.scatter(rows_v[x], rows_v["loss"], s=14, color="tab:blue", label="trials (each seed)")
+        fit = fits[v]
         if fit is not None:
             ax.plot(grid, fit.predict(grid), color="tab:blue", label=f"{fit.form}, b={fit.b:.3f}")
         if base_fit is not None and v != view.baseline:
@@ -373,7 +386,7 @@ def scaling_figure(view: ScalingView) -> Any:
         ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
         verdict = view.trends[v].verdict if v in view.trends else ""
         ax.set_title(v + (f" (advantage {verdict})" if verdict else ""), fontsize=9)
-        ax.set_xlabel("training FLOPs")
+        ax.set_xlabel({"flops": "training FLOPs", "seconds": "training seconds"}[x])
         ax.set_ylabel(view.metric)
         ax.legend(fontsize=7)
     for ax in axes[len(variants):]:
@@ -384,4 +397,5 @@ def scaling_figure(view: ScalingView) -> Any:
 def plot_scaling(view: ScalingView, out_dir: Path) -> list[Path]:
     from analysis.plots import save
 
-    return save(scaling_figure(view), out_dir, "scaling")
+    return save(scaling_figure(view), out_dir, "scaling") + \
+        save(scaling_figure(view, "seconds"), out_dir, "scaling_seconds")

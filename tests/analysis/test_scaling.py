@@ -115,6 +115,7 @@ def test_cli_prints_the_tables_and_writes_the_log_log_plot(tmp_path, capsys):
     assert "1e+19flop (extrapolated)" in out and FORM_POWER in out
     assert (tmp_path / "plots" / "scaling.png").stat().st_size > 10_000
     assert (tmp_path / "plots" / "scaling.svg").exists()
+    assert (tmp_path / "plots" / "scaling_seconds.png").stat().st_size > 10_000  # loss against training seconds
 
 
 def test_one_budget_is_a_one_line_error_saying_how_to_get_several(tmp_path, capsys):
