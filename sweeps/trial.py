@@ -3,6 +3,7 @@ a worker imports only the config and the trainer, which matters when every trial
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -152,10 +153,9 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
             f"trial{config['_optuna_number']}-seed{cfg.train.seed}"
         keep = Path(static["keep_models"]) / safe_name(label)
     downstream = DownstreamSpec.from_dict(static["downstream"]) if static.get("downstream") else None
-    from cram_core.distributed import world_size_for
-
+    gpus = static.get("gpus_per_trial", 0.0)  # above 1 a whole number (the driver's `place` checked)
     summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep,
-                        on_trained=flush, world_size=world_size_for(static.get("gpus_per_trial", 0.0)))
+                        on_trained=flush, world_size=int(gpus) if gpus > 1 else 1)
     flush()
     summary = {k: _plain(v) for k, v in summary.items()}
     summary["node"] = _ray_node()
@@ -200,11 +200,9 @@ def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any
                 out_dir = keep
             elif downstream is not None:
                 out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
-            from cram_core.distributed import beside_ranks
-
             train, _ = load_backend(backend)
             # held-out loss at fixed budget marks: the Optuna study's intermediate values
-            with beside_ranks(cfg, world_size, eval_marks=EVAL_MARKS):
+            with _ranks(cfg, world_size):
                 summary = train(cfg, out_dir=out_dir, callback=callback, progress=False, eval_marks=EVAL_MARKS)
         except Exception as e:  # the trial's failure is its result; the sweep must go on
             summary = {"status": "failed", "reason": f"{type(e).__name__}: {one_line(str(e))}",
@@ -219,6 +217,15 @@ def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any
         if out_dir is not None and keep is None:
             shutil.rmtree(out_dir, ignore_errors=True)
     return summary
+
+
+def _ranks(cfg: RunConfig, world_size: int) -> Any:
+    """The other data-parallel ranks for the trial's duration; torch only imported when there are any."""
+    if world_size == 1:
+        return contextlib.nullcontext()
+    from cram_core.distributed import beside_ranks
+
+    return beside_ranks(cfg, world_size, eval_marks=EVAL_MARKS)
 
 
 def _evaluate_downstream(summary: dict[str, Any], run_dir: Path, spec: DownstreamSpec, *,
