@@ -65,6 +65,10 @@ class Ranks:
         """Rank 0 alone writes files and reports metrics."""
         return self.rank == 0
 
+    def peak_flops(self, per_device: float | None) -> float | None:
+        """The run's peak: the clock counts every rank's FLOPs, so MFU divides by every rank's device."""
+        return per_device * self.world if per_device else per_device
+
     def owns(self, index: int) -> bool:
         """Whether micro-batch ``index`` of a step is this rank's to forward and backward."""
         return index % self.world == self.rank

@@ -279,7 +279,7 @@ class Logger:
         self.callback = callback
         self.console = console
         self.file = open(out_dir / "metrics.jsonl", "a") if out_dir else None
-        self.peak = hardware.peak_flops(parts.device)
+        self.peak = parts.ranks.peak_flops(hardware.peak_flops(parts.device))
         self.last = (0.0, 0, 0.0)  # seconds, tokens, flops at the previous record
 
     def record(self, step: int, clock: BudgetClock, loss: float, lr: float, batch_size: int, seq_len: int,
@@ -443,7 +443,7 @@ def _train(
     eval_s = time.perf_counter() - t_eval
 
     tail = _late(losses)
-    peak = hardware.peak_flops(parts.device)
+    peak = ranks.peak_flops(hardware.peak_flops(parts.device))
     summary = {
         "status": status,
         "reason": reason,

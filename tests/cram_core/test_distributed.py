@@ -213,3 +213,15 @@ def test_two_ranks_stop_together_under_a_seconds_budget():
     summary = run_trial(cfg, backend="cram_core", callback=None, world_size=2)
     assert summary["status"] == "completed", summary.get("reason")
     assert summary["ranks"] == 2 and summary["steps"] > 0 and summary["seconds"] >= 2
+
+
+def test_mfu_of_two_ranks_is_against_two_devices(monkeypatch):
+    from types import SimpleNamespace
+
+    from cram_core import hardware
+    from cram_core.train import Logger
+
+    monkeypatch.setattr(hardware, "peak_flops", lambda device: 1e12)
+    parts = SimpleNamespace(device=torch.device("cpu"), ranks=distributed.Ranks(rank=0, world=2))
+    assert Logger(parts, None, None, None).peak == 2e12
+    assert distributed.SINGLE.peak_flops(1e12) == 1e12 and distributed.SINGLE.peak_flops(None) is None
