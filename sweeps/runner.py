@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -508,11 +509,15 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             console.print(f"downstream after each completed trial (outside the budget): "
                           f"{describe_downstream(opts.downstream.to_dict())}")
         if todo_count:
-            grid_rows = _prepare_data(prepare, data_configs, grid_rows, ledger, console)
+            # the local Ray starts while the data is prepared (each takes 10-50 s): the GPU waits for the slower
+            # of the two, not for both one after the other
+            with ThreadPoolExecutor(1, thread_name_prefix="prepare-data") as pool:
+                prepared = pool.submit(_prepare_data, prepare, data_configs, grid_rows, ledger, console)
+                if not started_ray and not opts.address:
+                    started_ray = start_ray(None, num_cpus=cpus)
+                grid_rows = prepared.result()
             todo_count = len(grid_rows) if not sweep.is_search else todo_count
         if todo_count:
-            if not started_ray and not opts.address:
-                started_ray = start_ray(None, num_cpus=cpus)
             git = _git_state()
             budget = resolved.base.budget
             estimate = budget.amount + OVERHEAD_GUESS_S if budget.kind == "seconds" else None
