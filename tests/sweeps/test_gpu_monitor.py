@@ -147,3 +147,30 @@ def test_run_sweep_measures_stores_and_reports_gpu_busy(ray_local, tmp_path, mon
         assert len(ledger.gpu_busy("busy")) == 1
     finally:
         ledger.close()
+
+
+def test_data_is_prepared_while_ray_starts(ray_local, tmp_path, monkeypatch) -> None:
+    # before: Ray started only after every data config was prepared, the GPU idle through both
+    import sweeps.testing
+
+    spans: dict[str, tuple[float, float]] = {}
+
+    def timed(name, fn, seconds):
+        def wrapper(*args, **kwargs):
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            out = fn(*args, **kwargs)
+            spans[name] = (t0, time.monotonic())
+            return out
+        return wrapper
+
+    monkeypatch.setattr(sweeps.testing, "prepare", timed("prepare", sweeps.testing.prepare, 1.0))
+    monkeypatch.setattr(runner, "start_ray", timed("ray", runner.start_ray, 1.0))
+    sweep = Sweep(name="overlap", section="training", axis="fake", seeds=1,
+                  variants={"cosine": {"train.schedule": "cosine"}})
+    result = run_sweep(resolve(sweep, preset="tiny", budget="1s"),
+                       RunOptions(store_url=f"sqlite:///{tmp_path / 'results.db'}", backend="sweeps.testing"),
+                       console=Console(file=io.StringIO()))
+    assert result.counts["completed"] == result.ran == 2  # the baseline and the variant
+    (p0, p1), (r0, r1) = spans["prepare"], spans["ray"]
+    assert p0 < r1 and r0 < p1  # the two overlapped
