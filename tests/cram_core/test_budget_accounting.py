@@ -27,8 +27,8 @@ def run_counting(monkeypatch, tmp_path, *overrides):
     inside = {"step": False}
     real_build, real_step = train_module.build_parts, train_module.optimizer_step
 
-    def build_parts(cfg, vocab_size):
-        parts = real_build(cfg, vocab_size)
+    def build_parts(cfg, vocab_size, *rest):
+        parts = real_build(cfg, vocab_size, *rest)
 
         def hook(module, args):
             if inside["step"]:
