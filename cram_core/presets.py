@@ -83,7 +83,7 @@ def small() -> RunConfig:
 def tiny() -> RunConfig:
     """A 2-core-CPU model on the bundled sample: a visible loss drop in 30 seconds.
 
-    Sized for the first sweep on 2 cores (README): batch 8 so a CPU trial of 120k tokens makes ~230 optimizer
+    Sized for the first sweep on 2 cores (README): batch 8 so a CPU trial of 100k tokens makes ~200 optimizer
     steps (a schedule then has room to matter), 512 held-out sequences so the held-out loss is precise to
     ~0.01 nats between paired trials (at 64 the eval sample alone put ~0.03 nats of noise on each Δ)."""
     cfg = crammed_bert()

@@ -25,7 +25,7 @@ def test_cpu_default_is_tokens_unless_variants_change_the_cost_per_token(name: s
         assert base.budget.amount == CPU_BUDGET_TOKENS["tiny"]
     else:  # the baseline spends its FLOPs on exactly the CPU token budget
         tokens = base.budget.amount / flops_per_token(base)
-        assert tokens == pytest.approx(CPU_BUDGET_TOKENS["tiny"], rel=1e-3)
+        assert tokens == pytest.approx(CPU_BUDGET_TOKENS["tiny"], rel=5e-3)  # FLOPs kept to 3 significant digits
     assert "CPU default" in resolved.budget_text
 
 
