@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -197,6 +197,8 @@ class Ledger:
 
     def check_not_running(self, name: str) -> None:
         """Raise SweepBusy if a live driver holds ``name`` (a look only: `claim` is the atomic step)."""
+        if not self._has_table(DriverRow):  # a store from before the claim table: nobody holds it
+            return
         row = self._read(lambda s: s.get(DriverRow, name))
         if row is not None and _driver_alive(row):
             raise _busy(name, row)
@@ -509,8 +511,15 @@ class Ledger:
                                                busy=busy.busy, per_gpu=list(busy.per_gpu), names=list(busy.names),
                                                samples=busy.samples)))
 
+    def _has_table(self, row_type: type) -> bool:
+        """Whether the store has ``row_type``'s table: read-only commands open older stores, made before a
+        table existed, without creating it (``sweeps run`` creates missing tables)."""
+        return inspect(self.engine).has_table(row_type.__tablename__)
+
     def gpu_busy(self, name: str) -> list[GpuBusy]:
         """The sweep's GPU-busy records, one per driver run, oldest first."""
+        if not self._has_table(GpuBusyRow):
+            return []
         def op(s: Session) -> list[GpuBusy]:
             rows = s.scalars(select(GpuBusyRow).join(SweepRow, GpuBusyRow.sweep_id == SweepRow.id)
                              .where(SweepRow.name == name).order_by(GpuBusyRow.id))

@@ -229,6 +229,35 @@ def test_a_real_store_read_by_status_and_analysis_is_byte_identical(tmp_path: Pa
     assert (hashlib.sha256(db.read_bytes()).hexdigest(), db.stat().st_mtime_ns) == before
 
 
+def test_a_store_from_before_the_newer_tables_reads_and_stays_byte_identical(tmp_path: Path, capsys) -> None:
+    # a results.db made by an earlier version has no cram_drivers / cram_gpu_busy table; before, `sweeps
+    # status NAME` on it crashed with "no such table: cram_gpu_busy"
+    import sqlite3
+
+    db = tmp_path / "results.db"
+    ledger = Ledger(f"sqlite:///{db}")
+    resolved = resolve(SWEEPS["dropout"], preset="tiny", seeds=1)
+    sweep_id = ledger.upsert_sweep(resolved, {})
+    ledger.plan(sweep_id, resolved.trials(), retry_failed=False)
+    ledger.close()
+    with sqlite3.connect(db) as con:
+        con.execute("DROP TABLE cram_gpu_busy")
+        con.execute("DROP TABLE cram_drivers")
+    con.close()
+    before = (hashlib.sha256(db.read_bytes()).hexdigest(), db.stat().st_mtime_ns)
+    assert sweeps_main(["status", "dropout", "--store", str(db)]) == 0
+    assert sweeps_main(["status", "--store", str(db)]) == 0
+    assert analysis_main(["table", "dropout", "--store", str(db)]) == 0
+    assert "dropout" in capsys.readouterr().out
+    assert (hashlib.sha256(db.read_bytes()).hexdigest(), db.stat().st_mtime_ns) == before
+    old = Ledger(f"sqlite:///{db}", create=False)
+    try:
+        old.check_not_running("dropout")  # no claim table: nobody holds the sweep
+        assert old.gpu_busy("dropout") == []
+    finally:
+        old.close()
+
+
 @pytest.mark.parametrize("module", ["sweeps", "analysis"])
 def test_random_bytes_store_is_one_line_exit_2_in_a_real_process(tmp_path: Path, module: str) -> None:
     store = _random_bytes(tmp_path)
