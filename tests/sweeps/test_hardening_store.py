@@ -215,13 +215,19 @@ def test_run_on_a_bad_store_exits_2_and_changes_nothing(tmp_path: Path, capsys, 
     assert _snapshot(folder) == before
 
 
-def test_a_real_store_read_by_status_and_analysis_is_byte_identical(tmp_path: Path, capsys) -> None:
+def _planned_dropout_store(tmp_path: Path) -> Path:
+    """A real store holding the `dropout` sweep (tiny, one seed) with its trials planned."""
     db = tmp_path / "results.db"
     ledger = Ledger(f"sqlite:///{db}")
     resolved = resolve(SWEEPS["dropout"], preset="tiny", seeds=1)
     sweep_id = ledger.upsert_sweep(resolved, {})
     ledger.plan(sweep_id, resolved.trials(), retry_failed=False)
     ledger.close()
+    return db
+
+
+def test_a_real_store_read_by_status_and_analysis_is_byte_identical(tmp_path: Path, capsys) -> None:
+    db = _planned_dropout_store(tmp_path)
     before = (hashlib.sha256(db.read_bytes()).hexdigest(), db.stat().st_mtime_ns)
     assert sweeps_main(["status", "dropout", "--store", str(db)]) == 0
     assert analysis_main(["table", "dropout", "--store", str(db)]) == 0
@@ -234,12 +240,7 @@ def test_a_store_from_before_the_newer_tables_reads_and_stays_byte_identical(tmp
     # status NAME` on it crashed with "no such table: cram_gpu_busy"
     import sqlite3
 
-    db = tmp_path / "results.db"
-    ledger = Ledger(f"sqlite:///{db}")
-    resolved = resolve(SWEEPS["dropout"], preset="tiny", seeds=1)
-    sweep_id = ledger.upsert_sweep(resolved, {})
-    ledger.plan(sweep_id, resolved.trials(), retry_failed=False)
-    ledger.close()
+    db = _planned_dropout_store(tmp_path)
     with sqlite3.connect(db) as con:
         con.execute("DROP TABLE cram_gpu_busy")
         con.execute("DROP TABLE cram_drivers")
