@@ -57,7 +57,7 @@ def _float8_api(device: torch.device) -> Any:
     try:
         from torchao import float8
     except ImportError as e:
-        raise ConfigError(f"impl.precision=fp8 needs torchao (pip install 'torchao>=0.17'): {e}; "
+        raise ConfigError(f"impl.precision=fp8 needs torchao (pip install 'cram-sweeps[fp8]'): {e}; "
                           "valid without it: auto, fp32, bf16, fp16") from None
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise ConfigError(f"impl.precision=fp8 needs compute capability >= 8.9 (Ada, Hopper); "
