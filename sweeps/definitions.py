@@ -30,10 +30,12 @@ from cram_core.presets import PRESETS, bert_base, crammed_bert, get_preset
 BASELINE = "baseline"
 CPU_PRESET = "tiny"
 GPU_PRESET = "crammed-bert-short"
-# On a CPU (or any shared machine) a seconds budget measures the neighbours, so CPU presets default to a
-# budget in work done: this many tokens, or, for sweeps whose variants change the cost per token, the FLOPs
-# the baseline spends on them. GPU presets keep their seconds budget (the paper's setting).
-CPU_BUDGET_TOKENS = {"tiny": 100_000.0}
+# On a CPU (or any shared machine, or a GPU shared by packed trials) a seconds budget measures the
+# neighbours, so these presets default to a budget in work done: this many tokens, or, for sweeps whose
+# variants change the cost per token, the FLOPs the baseline spends on them. Other presets keep their
+# seconds budget (the paper's setting). gpu-sweep's 40M tokens: about 55 s of an H200 with four trials
+# packed per GPU (docs/results/preset_search.md), past the initial plateau.
+WORK_BUDGET_TOKENS = {"tiny": 100_000.0, "gpu-sweep": 40e6}
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Sweep:
         if self.budgets:
             return ", ".join(f"{b} on {p}" for p, b in self.budgets.items())
         suffix = "" if self.cpu_budget_kind == "tokens" else " in FLOPs"
-        cpu = ", ".join(f"{format_budget('tokens', t)}{suffix} on {p}" for p, t in CPU_BUDGET_TOKENS.items())
+        cpu = ", ".join(f"{format_budget('tokens', t)}{suffix} on {p}" for p, t in WORK_BUDGET_TOKENS.items())
         return f"{cpu}; the preset's seconds elsewhere"
 
     def num_variants(self) -> int:
@@ -257,9 +259,9 @@ def resolve(
     elif preset in sweep.budgets:
         budget_overrides = parse_budget(sweep.budgets[preset])
         budget_text = f"{sweep.budgets[preset]} (this sweep's default for {preset})"
-    elif preset in CPU_BUDGET_TOKENS:
+    elif preset in WORK_BUDGET_TOKENS:
         budget_overrides, budget_text = cpu_budget(sweep, apply_overrides(base, list(overrides)),
-                                                   CPU_BUDGET_TOKENS[preset], preset)
+                                                   WORK_BUDGET_TOKENS[preset], preset)
     else:
         budget_text = f"{format_budget(base.budget.kind, base.budget.amount)} (preset {preset})"
     base = apply_overrides(base, budget_overrides)
@@ -410,9 +412,9 @@ def cpu_budget(sweep: Sweep, base: RunConfig, tokens: float, preset: str) -> tup
     cost per token (so a costlier variant trains on fewer tokens, as it would in time on a dedicated GPU)."""
     if sweep.cpu_budget_kind == "tokens":
         text = format_budget("tokens", tokens)
-        return parse_budget(text), f"{text} (this sweep's CPU default for {preset}: variants keep the cost per token)"
+        return parse_budget(text), f"{text} (this sweep's default for {preset}: variants keep the cost per token)"
     flops = float(f"{tokens * flops_per_token(base):.3g}")
-    return ({"budget.flops": flops}, f"{format_budget('flops', flops)} (this sweep's CPU default for {preset}: "
+    return ({"budget.flops": flops}, f"{format_budget('flops', flops)} (this sweep's default for {preset}: "
             f"{format_budget('tokens', tokens)} of the baseline; variants change the cost per token)")
 
 

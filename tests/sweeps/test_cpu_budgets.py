@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps.definitions import CPU_BUDGET_TOKENS, GPU_PRESET, SWEEPS, flops_per_token, resolve
+from sweeps.definitions import WORK_BUDGET_TOKENS, GPU_PRESET, SWEEPS, flops_per_token, resolve
 
 
 def _cost(cfg) -> tuple:
@@ -12,21 +12,22 @@ def _cost(cfg) -> tuple:
     return (flops_per_token(cfg), cfg.train.seq_len_curriculum, cfg.objective.token_drop)
 
 
+@pytest.mark.parametrize("preset", list(WORK_BUDGET_TOKENS))
 @pytest.mark.parametrize("name", list(SWEEPS))
-def test_cpu_default_is_tokens_unless_variants_change_the_cost_per_token(name: str) -> None:
+def test_cpu_default_is_tokens_unless_variants_change_the_cost_per_token(name: str, preset: str) -> None:
     sweep = SWEEPS[name]
-    resolved = resolve(sweep, preset="tiny")
+    resolved = resolve(sweep, preset=preset)
     base = resolved.base
     assert base.budget.kind == sweep.cpu_budget_kind != "seconds"
     varies = any(_cost(v.config) != _cost(base) for v in resolved.runnable_variants())
     if varies:
         assert sweep.cpu_budget_kind == "flops", f"{name}: variants change the cost per token"
     if base.budget.kind == "tokens":
-        assert base.budget.amount == CPU_BUDGET_TOKENS["tiny"]
+        assert base.budget.amount == WORK_BUDGET_TOKENS[preset]
     else:  # the baseline spends its FLOPs on exactly the CPU token budget
         tokens = base.budget.amount / flops_per_token(base)
-        assert tokens == pytest.approx(CPU_BUDGET_TOKENS["tiny"], rel=5e-3)  # FLOPs kept to 3 significant digits
-    assert "CPU default" in resolved.budget_text
+        assert tokens == pytest.approx(WORK_BUDGET_TOKENS[preset], rel=5e-3)  # FLOPs kept to 3 significant digits
+    assert f"default for {preset}" in resolved.budget_text
 
 
 def test_seconds_stay_the_gpu_default_and_available_everywhere() -> None:

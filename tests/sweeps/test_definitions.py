@@ -10,7 +10,7 @@ from cram_core.config import ConfigError, RunConfig
 from cram_core.presets import PRESETS, bert_base
 from sweeps.definitions import (
     BASELINE,
-    CPU_BUDGET_TOKENS,
+    WORK_BUDGET_TOKENS,
     SWEEPS,
     Sweep,
     check_registry,
@@ -98,7 +98,7 @@ def test_search_sweep_resolves() -> None:
 
 def test_default_budget_and_overrides() -> None:
     lr = resolve(SWEEPS["lr_schedules"], preset="tiny")
-    assert lr.base.budget.tokens == CPU_BUDGET_TOKENS["tiny"] and "tiny" in lr.budget_text
+    assert lr.base.budget.tokens == WORK_BUDGET_TOKENS["tiny"] and "tiny" in lr.budget_text
     gpu = resolve(SWEEPS["optimizers"], preset="small")
     assert gpu.base.budget.seconds == PRESETS["small"]().budget.seconds
     custom = resolve(SWEEPS["optimizers"], preset="tiny", budget="50ktok", overrides=["optim.lr=0.004"])
