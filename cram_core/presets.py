@@ -85,14 +85,15 @@ def gpu_sweep() -> RunConfig:
 
     Found by docs/results/preset_search.md (one H200, four trials packed per GPU, 100 s each): at equal GPU
     time it was the only candidate past the initial MLM plateau (held-out 3.50; crammed-bert-short 6.06,
-    8x512 5.69). Sweeps default to a budget of 40M tokens (WORK_BUDGET_TOKENS in sweeps/definitions.py), so
-    packed trials don't measure each other; run them with ``--gpus-per-trial 0.25``."""
+    8x512 5.69). Its seeds leave the plateau after 25-35M tokens (docs/results/lr_schedules_40M.md), so sweeps
+    default to 80M tokens (WORK_BUDGET_TOKENS in sweeps/definitions.py), a budget in work so that packed
+    trials don't measure each other; run them with ``--gpus-per-trial 0.25``."""
     cfg = crammed_bert()
     return replace(
         cfg,
         model=replace(cfg.model, num_layers=4, hidden_size=512, num_heads=8, ffn_size=2048),
         train=replace(cfg.train, batch_size=128, micro_batch_size=128, batch_ramp=0.0),
-        budget=BudgetConfig(tokens=40e6),
+        budget=BudgetConfig(tokens=80e6),
     )
 
 
