@@ -87,7 +87,7 @@ def gpu_sweep() -> RunConfig:
     time it was the only candidate past the initial MLM plateau (held-out 3.50; crammed-bert-short 6.06,
     8x512 5.69). Its seeds leave the plateau after 25-35M tokens (docs/results/lr_schedules_40M.md), so sweeps
     default to 80M tokens (WORK_BUDGET_TOKENS in sweeps/definitions.py), a budget in work so that packed
-    trials don't measure each other; run them with ``--gpus-per-trial 0.25``."""
+    trials don't measure each other, and sweeps pack four trials per GPU (TRIALS_PER_GPU)."""
     cfg = crammed_bert()
     return replace(
         cfg,

@@ -22,7 +22,7 @@ from rich.table import Table
 from cram_core.cli import OneLineParser, positive_int, unknown_name
 from cram_core.config import ConfigError
 from sweeps.adhoc import find_sweep, grid_sweep, load_sweeps_file, stored_definitions, sweep_from_definition
-from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve, stored_budget_text
+from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve, stored_budget_text, trials_per_gpu
 from sweeps.store import DEFAULT_STORE, StoreError, store_url
 
 PROG = "python -m sweeps"
@@ -233,7 +233,8 @@ def _print_plan(resolved: ResolvedSweep, console: Console, *, placement: Any, st
         console.print(f"  seeds            {len(resolved.seeds)} (train.seed = {', '.join(map(str, resolved.seeds))})")
     if placement is None:
         cpus, gpus = local_resources()
-        placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=None, max_concurrent=None)
+        placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=None, max_concurrent=None,
+                          trials_per_gpu=trials_per_gpu(resolved.preset))
     est = estimate_wall_s(resolved, placement)
     console.print(f"  trials           {resolved.num_trials}; here: {placement.describe()}"
                   + (f"; about {est / 60:.0f} min" if est else ""))
@@ -273,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address is None:
         cpus, gpus = local_resources()
         placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=args.gpus_per_trial,
-                          max_concurrent=args.max_concurrent)
+                          max_concurrent=args.max_concurrent, trials_per_gpu=trials_per_gpu(resolved.preset))
     else:
         placement = None
     if args.backend == "cram_core":

@@ -36,6 +36,9 @@ GPU_PRESET = "crammed-bert-short"
 # seconds budget (the paper's setting). gpu-sweep's 80M tokens: about 2 min of an H200 with four trials
 # packed per GPU, twice the 25-35M tokens at which its seeds leave the initial plateau (docs/results).
 WORK_BUDGET_TOKENS = {"tiny": 100_000.0, "gpu-sweep": 80e6}
+# Presets too small to fill a GPU alone: a sweep packs this many trials per GPU unless --gpus-per-trial says
+# otherwise. gpu-sweep on one H200: four trials together train 2.7M tokens/s, one alone 1.85M (docs/results).
+TRIALS_PER_GPU = {"gpu-sweep": 4}
 
 
 @dataclass(frozen=True)
@@ -416,6 +419,11 @@ def cpu_budget(sweep: Sweep, base: RunConfig, tokens: float, preset: str) -> tup
     flops = float(f"{tokens * flops_per_token(base):.3g}")
     return ({"budget.flops": flops}, f"{format_budget('flops', flops)} (this sweep's default for {preset}: "
             f"{format_budget('tokens', tokens)} of the baseline; variants change the cost per token)")
+
+
+def trials_per_gpu(preset: str) -> int:
+    """How many trials of this preset share one GPU by default (TRIALS_PER_GPU; 1 for the others)."""
+    return TRIALS_PER_GPU.get(preset, 1)
 
 
 def format_budget(kind: str, amount: float) -> str:

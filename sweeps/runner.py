@@ -36,7 +36,8 @@ from rich.console import Console
 
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
-from sweeps.definitions import BASELINE, ResolvedSweep, budget_conversion, search_label, search_overrides, with_seed
+from sweeps.definitions import (BASELINE, ResolvedSweep, budget_conversion, search_label, search_overrides,
+                                 trials_per_gpu, with_seed)
 from sweeps.gpu_monitor import GpuBusy, GpuMonitor
 from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
@@ -119,15 +120,16 @@ class Placement:
 
 
 def place(num_trials: int, *, cpus: int, gpus: int, gpus_per_trial: float | None,
-          max_concurrent: int | None) -> Placement:
+          max_concurrent: int | None, trials_per_gpu: int = 1) -> Placement:
     """Pack trials onto the machine by declared resources.
 
     `num_trials` is the whole sweep, not what is left, so a resumed sweep runs with the same threads per
     trial as the first attempt: under a wall-clock budget, threads are part of what a trial gets.
+    `trials_per_gpu` is the preset's packing (definitions.TRIALS_PER_GPU), used when `gpus_per_trial` is None.
     """
     cpus = max(1, cpus)
     if gpus_per_trial is None:
-        gpus_per_trial = 1.0 if gpus >= 1 else 0.0
+        gpus_per_trial = 1.0 / trials_per_gpu if gpus >= 1 else 0.0
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     if gpus_per_trial < 0:
@@ -467,7 +469,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         else:
             cpus, gpus = local_resources()
         placement = place(resolved.num_trials, cpus=cpus, gpus=gpus, gpus_per_trial=opts.gpus_per_trial,
-                          max_concurrent=opts.max_concurrent)
+                          max_concurrent=opts.max_concurrent, trials_per_gpu=trials_per_gpu(resolved.preset))
         sweep_id = ledger.upsert_sweep(resolved, {
             "placement": dataclasses.asdict(placement), "backend": opts.backend,
             "downstream": opts.downstream.to_dict() if opts.downstream else None})
