@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import time
@@ -156,7 +157,28 @@ def versions() -> dict[str, str | None]:
         out["tokenizers"] = tokenizers.__version__
     except ImportError:
         out["tokenizers"] = None
+    out["code"] = code_fingerprint()
     return out
+
+
+SOURCE_PACKAGES = ("cram_core", "sweeps", "analysis")
+
+
+def code_fingerprint(root: Path | None = None, packages: tuple[str, ...] = SOURCE_PACKAGES) -> str | None:
+    """sha256 (12 hex digits) of this project's Python sources: relative path and bytes of every ``*.py`` under
+    the packages, in path order. Unlike the git SHA it names the code that ran also where the checkout's
+    history is not the code's (a copied tree, a cluster node synced without .git, uncommitted edits):
+    ``python -c "from cram_core.hardware import code_fingerprint as f; print(f())"`` in a checkout tells
+    whether that checkout is the code a trial recorded. None when no package is found."""
+    base = root or Path(__file__).resolve().parent.parent
+    files = sorted(f for pkg in packages if (base / pkg).is_dir() for f in (base / pkg).rglob("*.py")
+                   if "__pycache__" not in f.parts)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(base).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def git_state(path: Path | None = None) -> tuple[str | None, bool | None]:

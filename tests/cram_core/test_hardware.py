@@ -147,3 +147,31 @@ def test_cuda_graphs_compile_mode_trains_like_the_default():
         batch = tokens("cuda", 32)
         curves[mode] = torch.stack([optimizer_step(parts, [batch], 1e-3) for _ in range(10)]).tolist()
     assert curves["reduce-overhead"] == pytest.approx(curves["default"], abs=0.02)
+
+
+def test_code_fingerprint_names_the_sources_not_the_checkout(tmp_path) -> None:
+    from cram_core.hardware import code_fingerprint
+
+    pkg = tmp_path / "cram_core"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    first = code_fingerprint(tmp_path)
+    assert first is not None and len(first) == 12
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.cpython-311.py").write_text("junk")  # caches and other files don't count
+    (pkg / "notes.txt").write_text("not code")
+    assert code_fingerprint(tmp_path) == first
+    (pkg / "sub" / "b.py").write_text("y = 3\n")  # one byte of one source changes it
+    assert code_fingerprint(tmp_path) != first
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    assert code_fingerprint(tmp_path) == first
+    (pkg / "a.py").rename(pkg / "c.py")  # so does a rename
+    assert code_fingerprint(tmp_path) != first
+    assert code_fingerprint(tmp_path / "elsewhere") is None
+
+
+def test_versions_record_the_code_fingerprint_of_this_checkout() -> None:
+    from cram_core.hardware import code_fingerprint, versions
+
+    assert versions()["code"] == code_fingerprint() is not None
