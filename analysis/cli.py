@@ -4,6 +4,7 @@
     python -m analysis plot NAME [--store URL] [--x tokens|seconds|both] [--out DIR] [--no-dashboard]
     python -m analysis summary [--store URL] [--out DIR]
     python -m analysis report NAME [--store URL] [--out FILE]
+    python -m analysis results NAME [--store URL] [--out DIR] [--as FILE_NAME] [--command LINE ...] [--note TEXT]
     python -m analysis scaling NAME [--store URL] [--out DIR]
 
 User mistakes (missing store, unknown sweep) are one line on stderr (``python -m analysis: error: ...``) and
@@ -60,6 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
     report.add_argument("--store", default=DEFAULT_STORE, help=store_help)
     report.add_argument("--out", type=Path, default=None, help="output file (default ./plots/NAME/report.html)")
+
+    results = sub.add_parser("results", help="one Markdown page to commit: provenance, command, table, loss "
+                                             "figures (PNG beside it), variants; the same bytes from the same store")
+    results.add_argument("sweep", metavar="NAME", help="sweep name (python -m sweeps status lists the stored ones)")
+    results.add_argument("--store", default=DEFAULT_STORE, help=store_help)
+    results.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder")
+    results.add_argument("--as", dest="file_name", metavar="FILE_NAME",
+                         help="write FILE_NAME.md and FILE_NAME-loss-*.png (default: the sweep name)")
+    results.add_argument("--command", dest="commands", action="append", default=[], metavar="LINE",
+                         help="a line of the page's command block, repeatable; replaces the command(s) sweeps run "
+                              "recorded (default: those; a store from before they were recorded has none)")
+    results.add_argument("--code-commit", metavar="SHA",
+                         help="the commit whose code ran, shown beside the git SHA the trials recorded (e.g. when "
+                              "they ran from an older checkout plus its working tree; default: none)")
+    results.add_argument("--note", help="Markdown paragraph(s) for a Notes section at the end (default: none)")
+    results.add_argument("--budget", metavar="B", help="a sweep run at several budgets: the page at this one "
+                                                       "(default: required for such a sweep)")
 
     scaling = sub.add_parser("scaling", help="a sweep run at several budgets (--budgets): fitted loss-compute "
                                              "curves, grow/hold/shrink verdicts, log-log plot (PNG + SVG)")
@@ -143,6 +161,20 @@ def _report(args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_USAGE) from None
 
 
+def _results(args: argparse.Namespace) -> None:
+    from analysis import report, results_md
+
+    try:
+        paths = results_md.write_results(args.store, args.sweep, out_dir=args.out, name=args.file_name,
+                                         commands=args.commands, code_commit=args.code_commit, note=args.note,
+                                         budget=args.budget)
+    except report.ReportError as e:
+        print(error_line("python -m analysis", e), file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    for path in paths:
+        print(path)
+
+
 def _scaling(args: argparse.Namespace) -> None:
     from analysis import plots, scaling
 
@@ -152,7 +184,8 @@ def _scaling(args: argparse.Namespace) -> None:
         print(path)
 
 
-COMMANDS = {"table": _table, "plot": _plot, "summary": _summary, "report": _report, "scaling": _scaling}
+COMMANDS = {"table": _table, "plot": _plot, "summary": _summary, "report": _report, "results": _results,
+            "scaling": _scaling}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -188,17 +188,29 @@ def write_report(store: Store, sweep_name: str, out: Path | str | None = None) -
     text = render(store, sweep_name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = staged_file(path.parent, path.name, lambda f: f.write(text.encode("utf-8")))
     except OSError as e:
         raise ReportError(f"cannot write the report to {path}: {e.strerror or e}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def staged_file(folder: Path, file_name: str, write: Any) -> Path:
+    """A temporary file in ``folder``, filled by ``write(binary file)``, to be renamed onto ``file_name``: the
+    rename is what makes a write atomic. Readable like any new file (mkstemp's 0600 would make a file meant
+    for sharing unreadable to others); removed again when ``write`` fails."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a report meant for sharing unreadable
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~umask)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return Path(tmp)

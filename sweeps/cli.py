@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from typing import Any
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # what `sweeps run` stores with the sweep, so its page can say how it was run (python -m analysis results)
+    args.command_line = shlex.join([*PROG.split(), *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
     except (ConfigError, StoreError) as e:
@@ -299,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(store_url=url, address=args.address, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, backend=args.backend, retry_failed=args.retry_failed,
                       downstream=downstream, keep_models=args.keep_models, rerun=args.rerun,
-                      storage_path=args.storage_path,
+                      storage_path=args.storage_path, command=args.command_line,
                       **({} if args.max_failures is None else {"max_failures": args.max_failures}))
     result = run_sweep(resolved, opts, console=console)
     counts = result.counts

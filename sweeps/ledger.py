@@ -266,6 +266,8 @@ class Ledger:
             raise _busy(name, row) if row is not None else SweepBusy(f"sweep {name!r}: this driver lost its claim")
 
     def upsert_sweep(self, resolved: ResolvedSweep, extra: dict[str, Any]) -> int:
+        """Store the sweep's definition; ``extra["commands"]`` (the command line of this run) is added to the
+        commands stored before, each distinct one kept once in first-run order (analysis results prints them)."""
         definition = to_json({**resolved.definition(), **extra})
 
         def op(s: Session) -> int:
@@ -274,7 +276,9 @@ class Ledger:
                 row = SweepRow(name=resolved.name, definition=definition)
                 s.add(row)
             else:
-                row.definition = definition
+                kept = (row.definition or {}).get("commands") or []
+                commands = kept + [c for c in definition.get("commands") or [] if c not in kept]
+                row.definition = {**definition, "commands": commands}
             s.flush()
             return row.id
 

@@ -75,6 +75,8 @@ class RunOptions:
     "Tune's run folder: a path (or URI, s3://...) every node of the cluster shares; default a local temp folder"
     max_failures: int = MAX_FAILURES
     "times Tune retries a trial whose worker or node died (its partial points are deleted first)"
+    command: str | None = None
+    "the shell-quoted command line of this run, kept with the sweep's definition (analysis results prints it)"
 
 
 def downstream_spec(tasks: str | list[str], *, seeds: int = 1, epochs: int = 5, max_train: int | None = None,
@@ -472,7 +474,8 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
                           max_concurrent=opts.max_concurrent, trials_per_gpu=trials_per_gpu(resolved.preset))
         sweep_id = ledger.upsert_sweep(resolved, {
             "placement": dataclasses.asdict(placement), "backend": opts.backend,
-            "downstream": opts.downstream.to_dict() if opts.downstream else None})
+            "downstream": opts.downstream.to_dict() if opts.downstream else None,
+            "commands": [opts.command] if opts.command else []})
         ledger.heartbeat(sweep_id)
         space = None if sweep.is_search else grid_space(resolved)
         mirror = OptunaMirror(opts.store_url, resolved.name, space=space, attrs={
