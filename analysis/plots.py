@@ -290,7 +290,9 @@ def _small_multiples(frames: SweepFrames, x: str, points: pd.DataFrame, held_out
     rows = math.ceil(len(others) / PANEL_COLUMNS)
     fig = _new_figure(4.2 * PANEL_COLUMNS, 3.0 * rows + (2.6 if panels else 0.4))
     grid = fig.add_gridspec(rows + (1 if panels else 0), PANEL_COLUMNS)
-    axes = [fig.add_subplot(grid[i // PANEL_COLUMNS, i % PANEL_COLUMNS]) for i in range(len(others))]
+    axes: list[Axes] = []
+    for i in range(len(others)):  # shared before drawing, so the x range holds every panel's curves
+        axes.append(fig.add_subplot(grid[i // PANEL_COLUMNS, i % PANEL_COLUMNS], sharex=axes[0] if axes else None))
     visible: list[float] = []
     for ax, variant in zip(axes, others, strict=True):
         if baseline is not None:
@@ -299,7 +301,6 @@ def _small_multiples(frames: SweepFrames, x: str, points: pd.DataFrame, held_out
         ax.set_title(variant, fontsize="medium", color=colors[variant])
     for i, ax in enumerate(axes):
         _finish_loss_axes(ax, x, visible)
-        ax.sharex(axes[0])
         if i % PANEL_COLUMNS == 0:
             ax.set_ylabel("MLM loss")
         if i >= len(others) - PANEL_COLUMNS:

@@ -126,3 +126,23 @@ def test_many_variants_become_small_multiples(tmp_path):
         assert labels == {"baseline (n=2)", f"{ax.get_title()} (n=2)"}
     assert _panel(fig, "learning rate")
     assert _border_is_blank(plots.save(fig, tmp_path / "out", "loss")[0].read_bytes())
+
+
+def test_small_multiples_share_an_x_range_that_holds_every_panel(tmp_path):
+    # before: the panels took the first panel's x range, so a variant that read 10x the tokens in its seconds
+    # budget was cut off at a tenth of its curve (the H200 preset search: 4x512's fall to 3.5 was off the axis)
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    schedules = ["cosine", "linear", "constant", "one-cycle", "ramp", "dive", "polynomial"]
+    _store(url, "s", {s: {"train.schedule": s} for s in schedules})
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        fast = "(select id from cram_trials where variant = 'polynomial')"
+        conn.execute(text(f"update cram_metrics set tokens = tokens * 10 where trial_id in {fast}"))
+        conn.execute(text("update cram_trials set tokens = tokens * 10 where variant = 'polynomial'"))
+    engine.dispose()
+    fig = plots.loss_figure(load_sweep(url, "s"), "tokens")
+    panels = [ax for ax in fig.axes if ax.get_title() in schedules]
+    assert len(panels) == len(schedules)
+    assert all(ax.get_xlim()[1] >= 1e6 for ax in panels), [ax.get_xlim() for ax in panels]
