@@ -401,9 +401,12 @@ def _caption_common(summary: SweepSummary) -> str:
     else:
         interval = ("95% percentile-bootstrap CI" if summary.ci_method == "bootstrap" else "± 95% t CI")
         k = int((summary.rows["p_holm"].notna()).sum())
-        parts.append(f"Δ vs `{summary.baseline}`: mean of per-seed paired differences ({interval}), paired "
-                     f"t-test; Welch where seeds don't pair. p (Holm) adjusts the {k} comparisons together; "
-                     "verdicts use it at α = 0.05.")
+        if k:
+            parts.append(f"Δ vs `{summary.baseline}`: mean of per-seed paired differences ({interval}), paired "
+                         f"t-test; Welch where seeds don't pair. p (Holm) adjusts the {k} comparisons together; "
+                         "verdicts use it at α = 0.05.")
+        else:  # nothing had the seeds for a test: no test or adjustment to describe
+            parts.append(f"Δ vs `{summary.baseline}`: variant minus baseline loss.")
     parts.append(_throughput_note(summary))
     if summary.single_seed:
         parts.append("One seed per variant: no confidence intervals or tests, Δ only.")
@@ -420,7 +423,7 @@ def _throughput_note(summary: SweepSummary) -> str:
     spread = summary.throughput_spread_pct
     if not summary.noisy_throughput:
         measured = "" if _is_nan(spread) else f" (tokens/s spread between seeds of one config ≤ {spread:.1f}%)"
-        return f"Δ tokens/s is shown only where significant (Welch, Holm), else n.s.{measured}."
+        return f"Δ tokens/s is shown only where significant (Welch, Holm), else n.s.{measured}" + ("." if measured else "")
     note = (f"Unreliable throughput: tokens/s of one config varied by up to {spread:.1f}% between seeds (> "
             f"{NOISY_THROUGHPUT_PCT:.0f}%), so the machine, not the variant, set it (tokens/s†).")
     if "seconds" in summary.budget_kinds:

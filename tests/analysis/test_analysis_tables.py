@@ -170,3 +170,13 @@ def test_sweep_without_baseline_has_no_deltas():
     assert "No baseline trials" in table.caption
     assert table.display["verdict"].tolist() == ["no baseline", "no baseline"]
     assert set(table.display["Δ loss"]) == {"—"}
+
+
+def test_a_caption_with_nothing_tested_says_so_in_plain_sentences(store_url):
+    # before, one seed a side read "p (Holm) adjusts the 0 comparisons together" and, with no throughput spread
+    # to report, "else n.s.." (the H200 preset_search page)
+    caption = tables.tables_for(load_sweep(store_url, "single_seed"), "md")[0].caption
+    assert "adjusts the 0 comparisons" not in caption and ".." not in caption, caption
+    assert "Δ vs `baseline`: variant minus baseline loss." in caption and "else n.s. " in caption
+    tested = tables.tables_for(load_sweep(store_url, "lr_schedules"), "md")[0].caption
+    assert "p (Holm) adjusts the 3 comparisons together" in tested and ".." not in tested
