@@ -218,6 +218,8 @@ class TrainConfig:
     "optimizer steps between metric records"
     eval_sequences: int = 256
     "held-out sequences for the final evaluation loss (fixed 15% masking, outside the budget)"
+    mark_sequences: int = 128
+    "held-out sequences read at a sweep trial's eval marks (evenly spaced among eval_sequences; the final eval reads all)"
     checkpoint_every: float = 0.0
     "progress between checkpoints (needs --out); 0 = only at the end"
 
@@ -236,6 +238,7 @@ class TrainConfig:
                "train.num_cycles, lawa_k and log_every must be >= 1")
         _in_unit("train.ema_decay", self.ema_decay)
         _check(self.power > 0 and self.eval_sequences >= 0, "train.power must be > 0, eval_sequences >= 0")
+        _check(self.mark_sequences >= 1, f"train.mark_sequences must be >= 1, got {self.mark_sequences}")
         self.curriculum()  # validates the string
 
     def curriculum(self) -> list[tuple[int, float]]:
@@ -395,9 +398,12 @@ class RunConfig:
         return cls(**{g: GROUPS[g](**d.get(g, {})) for g in GROUPS})
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config without ``train.seed``: trials are keyed by (hash, seed)."""
+        """Stable short hash of the resolved config without ``train.seed``: trials are keyed by (hash, seed).
+
+        ``train.mark_sequences`` is left out too: it changes neither training nor the final held-out loss, only
+        which sequences the intermediate marks read, so a store from before the field keeps its keys."""
         d = self.to_dict()
-        d["train"] = {k: v for k, v in d["train"].items() if k != "seed"}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("seed", "mark_sequences")}
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -271,6 +271,14 @@ def split_indices(num_sequences: int, num_eval: int) -> tuple[np.ndarray, np.nda
     return np.nonzero(mask)[0], eval_idx
 
 
+def mark_indices(eval_idx: np.ndarray, num_marks: int) -> np.ndarray:
+    """The held-out sequences the eval marks read: ``num_marks`` of the final eval's, evenly spaced so they
+    span every part of the data the final eval does; all of them (in order) when ``num_marks`` >= their count."""
+    if num_marks >= len(eval_idx):
+        return eval_idx
+    return eval_idx[np.linspace(0, len(eval_idx) - 1, num_marks).astype(np.int64)]
+
+
 class Logger:
     """Turns the step stream into one metrics record per log step: console line, metrics.jsonl, callback."""
 
@@ -339,10 +347,11 @@ def _train(
 ) -> dict[str, Any]:
     """Train ``cfg`` to its budget; returns the summary dict (also written to ``out_dir/summary.json``).
 
-    ``eval_marks`` = N > 0 also measures the held-out loss (current weights, the final eval's sequences and
-    masks) at the first log step past each p = k/N, k < N, with the clock paused: for a token budget these
-    are the same token marks in every trial. Each lands in that step's record as ``eval_loss`` and in the
-    summary's ``eval_curve`` [(tokens, loss), ...], which ends with the final eval at p = 1.
+    ``eval_marks`` = N > 0 also measures the held-out loss (current weights, ``train.mark_sequences`` of the
+    final eval's sequences, fixed masks) at the first log step past each p = k/N, k < N, with the clock paused
+    (time in ``timings.marks_s``): for a token budget these are the same token marks in every trial. Each lands
+    in that step's record as ``eval_loss`` and in the summary's ``eval_curve`` [(tokens, loss), ...], which ends
+    with the final eval at p = 1 on all the eval sequences.
     """
     from cram_core.data import TrainLoader, prepare
 
@@ -364,6 +373,7 @@ def _train(
     parts = build_parts(cfg, prepared.vocab_size, ranks)
     tokens = prepared.tokens
     train_idx, eval_idx = split_indices(len(tokens), cfg.train.eval_sequences)
+    mark_idx = mark_indices(eval_idx, cfg.train.mark_sequences)  # the same in every trial: marks stay paired
     micro = cfg.train.micro_batch_size
     if len(train_idx) < micro:
         raise ConfigError(
@@ -388,6 +398,7 @@ def _train(
         else None
     next_mark = _next_checkpoint(1.0 / eval_marks, clock.progress) if eval_marks > 0 else None
     eval_curve: list[tuple[float, float]] = []
+    marks_s = 0.0
     pending: list[torch.Tensor] = []
     clock.start()
     try:
@@ -412,8 +423,10 @@ def _train(
                 losses.extend(window.tolist())
                 held_out = None
                 if next_mark is not None and clock.progress >= next_mark and not clock.done:
+                    t_mark = time.perf_counter()
                     with clock.paused():
-                        held_out = evaluate(parts, tokens, eval_idx, None)
+                        held_out = evaluate(parts, tokens, mark_idx, None)
+                    marks_s += time.perf_counter() - t_mark
                     eval_curve.append((clock.tokens, held_out))
                     next_mark = _next_checkpoint(1.0 / eval_marks, clock.progress)
                 logger.record(step, clock, float(window.mean()), lr, batch_size, seq_len, held_out)
@@ -458,7 +471,8 @@ def _train(
         "mfu": clock.flops / max(train_s, 1e-9) / peak if peak else None,
         "params": parts.model.num_params(),
         "memory_gb": torch.cuda.max_memory_allocated(parts.device) / 2**30 if parts.device.type == "cuda" else None,
-        "timings": {"prepare_s": prepare_s, "compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
+        "timings": {"prepare_s": prepare_s, "compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
+                    "marks_s": marks_s},
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
         "seed": cfg.train.seed,
@@ -469,7 +483,7 @@ def _train(
         "versions": hardware.versions(),
         "budget": {"kind": cfg.budget.kind, "amount": cfg.budget.amount},
         "data": {"path": str(prepared.path), "vocab_size": prepared.vocab_size, "train_sequences": len(train_idx),
-                 "eval_sequences": len(eval_idx)},
+                 "eval_sequences": len(eval_idx), "mark_sequences": len(mark_idx) if eval_marks > 0 else 0},
     }
     if out:
         ckpt.save_model(out, parts.model, cfg, prepared, averager.averaged_state_dict())

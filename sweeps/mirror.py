@@ -42,7 +42,9 @@ STUDY_ATTRS = {
     "objective": "held-out MLM loss at the end of the budget (15% masking, the same sequences and masks in "
                  "every trial); final train loss where a trainer gives no held-out loss",
     "intermediate_step": "tokens seen (the dashboard's 'Step' axis)",
-    "intermediate_value": f"held-out MLM loss at p = k/{EVAL_MARKS} of the budget, training clock paused",
+    "intermediate_value": f"held-out MLM loss at p = k/{EVAL_MARKS} of the budget, training clock paused, on "
+                          "train.mark_sequences of the held-out sequences (the same in every trial); the last "
+                          "value, at p = 1, is the objective on all of them",
 }
 # a spread of 4x or more between a numeric knob's values is read on a log scale (LR, batch, widths)
 LOG_SCALE_RATIO = 4.0
