@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-models", metavar="DIR",
                      help="keep each trial's trained model in DIR/<sweep>/<variant>-seed<k>/ (default: not kept)")
     run.add_argument("--dry-run", action="store_true", help="resolve every variant, print the plan, touch nothing")
+    run.add_argument("--no-warm-compile", dest="warm_compile", action="store_false",
+                     help="don't compile the trials' graphs in background processes while the data is prepared "
+                          "(default: they are, when trials run on CUDA with compile on)")
     run.add_argument("--backend", default="cram_core", help=argparse.SUPPRESS)  # tests: sweeps.testing
     run.set_defaults(func=cmd_run)
 
@@ -302,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(store_url=url, address=args.address, gpus_per_trial=args.gpus_per_trial,
                       max_concurrent=args.max_concurrent, backend=args.backend, retry_failed=args.retry_failed,
                       downstream=downstream, keep_models=args.keep_models, rerun=args.rerun,
-                      storage_path=args.storage_path, command=args.command_line,
+                      storage_path=args.storage_path, command=args.command_line, warm_compile=args.warm_compile,
                       **({} if args.max_failures is None else {"max_failures": args.max_failures}))
     result = run_sweep(resolved, opts, console=console)
     counts = result.counts
@@ -317,6 +320,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"best (mean over seeds, 95% CI): {result.best.describe()}")
     if result.gpu_busy:
         console.print(f"GPU busy {result.gpu_busy.describe()}, Ray start and data preparation included")
+    if result.warm:
+        console.print(f"compile cache warmed: {result.warm.describe()}; data preparation and Ray start took "
+                      f"{result.prepare_s or 0:.0f} s")
     if resolved.budgets:  # one table per budget would be read as more seeds: the scaling view instead
         _print_scaling(url, result.name, console)
     else:

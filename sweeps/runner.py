@@ -47,6 +47,7 @@ from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores
 
 if TYPE_CHECKING:
     from analysis.stats import Best
+    from cram_core.warmup import Warmer, WarmReport
 
 RAY_TEMP_DIR = "/tmp/cram-ray"  # short: Ray's socket paths must stay under the 107-byte AF_UNIX limit
 # Per-trial time outside the budget (data load, warm-up, eval) assumed for the ETA until a trial finishes.
@@ -77,6 +78,8 @@ class RunOptions:
     "times Tune retries a trial whose worker or node died (its partial points are deleted first)"
     command: str | None = None
     "the shell-quoted command line of this run, kept with the sweep's definition (analysis results prints it)"
+    warm_compile: bool = True
+    "compile the trials' distinct graphs ahead, in background processes (CUDA trials with compile on only)"
 
 
 def downstream_spec(tasks: str | list[str], *, seeds: int = 1, epochs: int = 5, max_train: int | None = None,
@@ -452,6 +455,10 @@ class RunResult:
     "this run's GPU busy (stored per sweep); None when no trial ran or NVML is unavailable"
     gpu_busy_off: str | None = None
     "why there is no GPU-busy figure, when NVML is unavailable"
+    warm: WarmReport | None = None
+    "the compile warm-up's graphs and wall time; None when there was none (CPU trials, --no-warm-compile)"
+    prepare_s: float | None = None
+    "wall time of data preparation and Ray start (they overlap), which the warm-up runs beside"
 
 
 def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | None = None) -> RunResult:
@@ -460,7 +467,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
     sweep = resolved.sweep
     _, prepare = load_backend(opts.backend)
     ledger = Ledger(opts.store_url)
-    started_ray, stopped, sweep_id, reused = False, 0, None, 0
+    started_ray, stopped, sweep_id, reused, warmer, prepare_s = False, 0, None, 0, None, None
     monitor = GpuMonitor().start()  # before Ray starts and data is prepared: those seconds count too
     try:
         ledger.check_compatible(resolved, opts.downstream)
@@ -514,6 +521,8 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             console.print(f"downstream after each completed trial (outside the budget): "
                           f"{describe_downstream(opts.downstream.to_dict())}")
         if todo_count:
+            warmer = _start_warmer(_warm_configs(resolved, grid_rows, placement, opts), cpus, console)
+            t_prepare = time.monotonic()
             # the local Ray starts while the data is prepared (each takes 10-50 s): the GPU waits for the slower
             # of the two, not for both one after the other
             with ThreadPoolExecutor(1, thread_name_prefix="prepare-data") as pool:
@@ -521,6 +530,7 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
                 if not started_ray and not opts.address:
                     started_ray = start_ray(None, num_cpus=cpus)
                 grid_rows = prepared.result()
+            prepare_s = time.monotonic() - t_prepare
             todo_count = len(grid_rows) if not sweep.is_search else todo_count
         if todo_count:
             git = _git_state()
@@ -547,9 +557,12 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
         if busy is not None:
             ledger.record_gpu_busy(sweep_id, busy)
         return RunResult(resolved.name, opts.store_url, todo_count, skipped, final.counts, final.best,
-                         time.monotonic() - t_start, complete, reused, busy, monitor.off_reason)
+                         time.monotonic() - t_start, complete, reused, busy, monitor.off_reason,
+                         warmer.stop() if warmer else None, prepare_s)
     finally:
         monitor.stop()
+        if warmer is not None:  # no compiler outlives the driver
+            warmer.stop()
         if sweep_id is not None:
             ledger.heartbeat(sweep_id, clear=True)
         if started_ray:
@@ -634,6 +647,45 @@ def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, li
             continue
         console.print(f"  ready in {format_seconds(time.monotonic() - t0)}")
     return [(r, p) for r, p in grid_rows if r not in failed_rows]
+
+
+WARM_PARALLEL_MAX = 4
+"compile warm-up processes at a time, at most; fewer on small machines (a quarter of the cores)"
+
+
+def _warm_configs(resolved: ResolvedSweep, grid_rows: list[tuple[int, Any]], placement: Placement,
+                  opts: RunOptions) -> list[RunConfig]:
+    """The configs whose graphs to compile ahead, in trial order: the cram_core trainer's trials on this
+    machine's GPUs with compile on. None on CPU (compile is off there unless asked for), with another
+    backend, or on a cluster (other machines' trials read their own caches). A search sweep's samples are
+    not known yet: its baseline stands for them (its spaces vary LR and warm-up, which leave the graph)."""
+    if not opts.warm_compile or not _trials_on_local_cuda(placement, opts):
+        return []
+    import torch
+
+    from cram_core.hardware import should_compile
+
+    cfgs = [resolved.base] if resolved.sweep.is_search else [planned.config for _, planned in grid_rows]
+    return [c for c in cfgs if c.impl.device != "cpu" and should_compile(c.impl, torch.device("cuda"))]
+
+
+def _trials_on_local_cuda(placement: Placement, opts: RunOptions) -> bool:
+    return opts.backend == "cram_core" and not opts.address and placement.gpus_per_trial > 0
+
+
+def _start_warmer(cfgs: list[RunConfig], cpus: int, console: Console) -> Warmer | None:
+    if not cfgs:
+        return None
+    from cram_core.warmup import Warmer, pin_cache_dir
+
+    pin_cache_dir()  # before Ray starts: its workers inherit the driver's environment
+    parallel = max(1, min(WARM_PARALLEL_MAX, cpus // 4))
+    # half the cores for the warm-ups' compile workers, the rest for data preparation and Ray
+    warmer = Warmer(cfgs, parallel=parallel, compile_threads=max(1, cpus // (2 * parallel)),
+                    log=lambda line: console.print(f"[yellow]{line}[/]"))
+    console.print(f"warming the compile cache while the data is prepared: {len(warmer.graphs)} distinct "
+                  f"graph(s), {parallel} at a time (off with --no-warm-compile)")
+    return warmer.start()
 
 
 def _git_state() -> tuple[str | None, bool | None]:
