@@ -39,7 +39,7 @@ def test_list_shows_every_sweep(capsys: pytest.CaptureFixture) -> None:
         assert name in out
     assert "55 (5 seeds)" in out  # lr_schedules: 11 variants x 5 seeds
     lr_line = next(line for line in out.splitlines() if line.startswith("lr_schedules"))
-    assert "100ktok on tiny; the preset's seconds elsewhere" in lr_line
+    assert "100ktok on tiny, 80Mtok on gpu-sweep; the preset's seconds elsewhere" in lr_line
     assert "100ktok in FLOPs on tiny" in next(line for line in out.splitlines() if line.startswith("model_shape"))
 
 
