@@ -71,7 +71,7 @@ def expected_vocab_size(cfg: RunConfig) -> int:
     try:
         stats = cache_root(cfg.data) / cache_key(cfg.data, parse_sources(cfg.data.source)) / "stats.json"
         return int(json.loads(stats.read_text())["vocab_size"])
-    except (OSError, ValueError, KeyError, ConfigError):
+    except Exception:  # a guess: no cache entry (or an unreadable one, or a source that won't resolve here)
         return cfg.data.vocab_size
 
 
@@ -180,11 +180,12 @@ class WarmReport:
 
 class Warmer:
     """Runs one ``python -m cram_core.warmup`` process per distinct graph of ``cfgs``, at most ``parallel`` at
-    a time, from a background thread. A failed warm-up is one line through ``log``, never an exception;
-    `stop` ends the processes still running (with their compile workers) and starts no more."""
+    a time, from a background thread; ``compile_cores`` caps their Inductor compile workers, all together.
+    A failed warm-up is one line through ``log``, never an exception; `stop` ends the processes still
+    running (with their compile workers) and starts no more."""
 
     def __init__(self, cfgs: Iterable[RunConfig], *, parallel: int, log: Callable[[str], None],
-                 compile_threads: int | None = None):
+                 compile_cores: int | None = None):
         self.graphs = distinct_graphs(cfgs)
         self.parallel = max(1, parallel)
         self.log = log
@@ -193,9 +194,11 @@ class Warmer:
         # the child imports this checkout's cram_core whatever the driver's cwd
         package_root = str(Path(__file__).resolve().parents[1])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, self.env.get("PYTHONPATH")) if p)
-        if compile_threads:  # Inductor's compile workers per process; not part of any cache key
-            self.env["TORCHINDUCTOR_COMPILE_THREADS"] = str(compile_threads)
-        self.folder = Path(tempfile.mkdtemp(prefix="cram-warmup-"))
+        if compile_cores:  # shared by the processes running at once; not part of any cache key
+            at_once = max(1, min(self.parallel, len(self.graphs)))
+            self.env["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, compile_cores // at_once))
+        self.folder: Path | None = None
+        "the processes' config files and output, from start to stop"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[int, tuple[subprocess.Popen, Path]] = {}
@@ -205,11 +208,13 @@ class Warmer:
         self._thread = threading.Thread(target=self._run, daemon=True, name="compile-warmup")
 
     def start(self) -> Warmer:
+        self.folder = Path(tempfile.mkdtemp(prefix="cram-warmup-"))
         self._t0 = time.monotonic()
         self._thread.start()
         return self
 
     def _launch(self, index: int) -> None:
+        assert self.folder is not None
         cfg_path = self.folder / f"graph-{index}.json"
         cfg_path.write_text(json.dumps(self.graphs[index].to_dict()))
         out = self.folder / f"graph-{index}.log"
@@ -265,10 +270,12 @@ class Warmer:
         with self._lock:
             for proc, _ in self._running.values():
                 _end(proc)
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
         import shutil
 
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
         return self.report()
 
     def report(self) -> WarmReport:

@@ -678,11 +678,15 @@ def _start_warmer(cfgs: list[RunConfig], cpus: int, console: Console) -> Warmer 
         return None
     from cram_core.warmup import Warmer, pin_cache_dir
 
-    pin_cache_dir()  # before Ray starts: its workers inherit the driver's environment
     parallel = max(1, min(WARM_PARALLEL_MAX, cpus // 4))
-    # half the cores for the warm-ups' compile workers, the rest for data preparation and Ray
-    warmer = Warmer(cfgs, parallel=parallel, compile_threads=max(1, cpus // (2 * parallel)),
-                    log=lambda line: console.print(f"[yellow]{line}[/]"))
+    try:
+        pin_cache_dir()  # before Ray starts: its workers inherit the driver's environment
+        # half the cores for the warm-ups' compile workers, the rest for data preparation and Ray
+        warmer = Warmer(cfgs, parallel=parallel, compile_cores=max(1, cpus // 2),
+                        log=lambda line: console.print(f"[yellow]{line}[/]"))
+    except Exception as e:  # it only saves compile time: the sweep runs without it
+        console.print(f"[yellow]no compile warm-up: {type(e).__name__}: {one_line(str(e))}[/]")
+        return None
     console.print(f"warming the compile cache while the data is prepared: {len(warmer.graphs)} distinct "
                   f"graph(s), {parallel} at a time (off with --no-warm-compile)")
     return warmer.start()

@@ -46,6 +46,21 @@ def test_distinct_graphs_keeps_the_first_config_of_each_in_order() -> None:
     assert warmup.distinct_graphs(cfgs) == [cfgs[0], cfgs[1]]
 
 
+def test_the_vocabulary_is_the_prepared_datasets_when_cached(tmp_path: Path) -> None:
+    from cram_core.data.pipeline import cache_key, cache_root
+    from cram_core.data.sources import parse_sources
+
+    cfg = apply_overrides(TINY, [f"data.cache_dir={tmp_path}"])
+    assert warmup.expected_vocab_size(cfg) == 2048  # nothing prepared there yet: data.vocab_size
+    entry = cache_root(cfg.data) / cache_key(cfg.data, parse_sources(cfg.data.source))
+    entry.mkdir(parents=True)
+    (entry / "stats.json").write_text('{"vocab_size": 1999}')  # a corpus that trained fewer tokens
+    assert warmup.expected_vocab_size(cfg) == 1999
+    assert warmup.graph_key(cfg, 1999) != warmup.graph_key(cfg, 2048)
+    missing = apply_overrides(TINY, [f"data.source=jsonl:{tmp_path}/none-*.jsonl"])
+    assert warmup.expected_vocab_size(missing) == TINY.data.vocab_size
+
+
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "bad.json").write_text('{"model": {"num_layerz": 2}}')
     for arg, match in (("{not json", "is not JSON"), (str(tmp_path / "missing.json"), "cannot read config"),
@@ -80,6 +95,14 @@ def test_warmer_runs_one_process_per_graph_at_most_parallel_at_a_time(monkeypatc
     most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert most == 2  # two at once, never three
     assert not warmer.folder.exists()
+
+
+def test_compile_workers_share_the_cores_among_the_warm_ups_running_at_once() -> None:
+    post = apply_overrides(TINY, ["model.norm_scheme=post"])
+    for cfgs, threads in (([TINY], "8"), ([TINY, post], "4"), ([TINY, post, TINY], "4")):
+        warmer = warmup.Warmer(cfgs, parallel=4, compile_cores=8, log=print)
+        assert warmer.env["TORCHINDUCTOR_COMPILE_THREADS"] == threads
+        assert warmer.stop().warmed == 0  # never started: nothing to end
 
 
 def test_a_failing_warm_up_is_one_logged_line(monkeypatch) -> None:

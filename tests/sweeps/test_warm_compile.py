@@ -6,10 +6,12 @@ the CUDA check and the warm-up command replaced (this machine has no GPU)."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from cram_core import warmup
 from sweeps import runner
@@ -61,6 +63,16 @@ def test_the_runner_warms_only_cuda_trials_that_compile() -> None:
 def test_search_sweeps_warm_their_baseline() -> None:
     resolved = resolve(SWEEPS["peak_lr"], preset="gpu-sweep")
     assert _warm_configs(resolved, [], GPU_PACKED, OPTS) == [resolved.base]
+
+
+def test_a_warmer_that_cannot_start_is_one_line_and_no_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(warmup, "Warmer", broken)
+    console = Console(file=io.StringIO(), width=200)
+    assert runner._start_warmer([resolve(SWEEPS["lr_schedules"], preset="tiny").base], 16, console) is None
+    assert console.file.getvalue().strip() == "no compile warm-up: OSError: No space left on device"
 
 
 # ---------------------------------------------------------------- runs (fake trainer, local Ray)
