@@ -666,7 +666,9 @@ def _warm_configs(resolved: ResolvedSweep, grid_rows: list[tuple[int, Any]], pla
     from cram_core.hardware import should_compile
 
     cfgs = [resolved.base] if resolved.sweep.is_search else [planned.config for _, planned in grid_rows]
-    return [c for c in cfgs if c.impl.device != "cpu" and should_compile(c.impl, torch.device("cuda"))]
+    # torch threads as the trial will have them (sweeps.trial): Inductor keys CPU-side kernels by thread count
+    return [c if c.impl.threads else dataclasses.replace(c, impl=dataclasses.replace(c.impl, threads=placement.threads))
+            for c in cfgs if c.impl.device != "cpu" and should_compile(c.impl, torch.device("cuda"))]
 
 
 def _trials_on_local_cuda(placement: Placement, opts: RunOptions) -> bool:

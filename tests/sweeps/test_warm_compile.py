@@ -48,7 +48,13 @@ def test_batch_size_sweep_has_a_graph_per_micro_batch() -> None:
 def test_the_runner_warms_only_cuda_trials_that_compile() -> None:
     resolved = resolve(SWEEPS["norm_placement"], preset="gpu-sweep", seeds=1)
     rows = list(enumerate(resolved.trials()))
-    assert [c for c in _warm_configs(resolved, rows, GPU_PACKED, OPTS)] == [p.config for _, p in rows]
+    warm = _warm_configs(resolved, rows, GPU_PACKED, OPTS)
+    # the trials' configs, with torch threads as each trial sets them from the packing (sweeps.trial)
+    assert [dataclasses.replace(c, impl=dataclasses.replace(c.impl, threads=0)) for c in warm] == \
+        [p.config for _, p in rows]
+    assert {c.impl.threads for c in warm} == {GPU_PACKED.threads}
+    given = resolve(SWEEPS["norm_placement"], preset="gpu-sweep", seeds=1, overrides=["impl.threads=2"])
+    assert {c.impl.threads for c in _warm_configs(given, list(enumerate(given.trials())), GPU_PACKED, OPTS)} == {2}
     assert _warm_configs(resolved, rows, CPU, OPTS) == []  # CPU trials: compile is off by default
     for opts in (dataclasses.replace(OPTS, warm_compile=False), dataclasses.replace(OPTS, backend="sweeps.testing"),
                  dataclasses.replace(OPTS, address="10.0.0.5:6379")):
@@ -62,7 +68,8 @@ def test_the_runner_warms_only_cuda_trials_that_compile() -> None:
 
 def test_search_sweeps_warm_their_baseline() -> None:
     resolved = resolve(SWEEPS["peak_lr"], preset="gpu-sweep")
-    assert _warm_configs(resolved, [], GPU_PACKED, OPTS) == [resolved.base]
+    [cfg] = _warm_configs(resolved, [], GPU_PACKED, OPTS)
+    assert warmup.graph_key(cfg) == warmup.graph_key(resolved.base) and cfg.model == resolved.base.model
 
 
 def test_a_warmer_that_cannot_start_is_one_line_and_no_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
