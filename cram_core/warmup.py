@@ -4,8 +4,8 @@ A compiled trainer spends its first 20-40 s in Dynamo, Inductor and Triton. Indu
 the AOTAutograd cache and Triton's kernel cache live on disk (TORCHINDUCTOR_CACHE_DIR, default a per-user
 folder under the temp dir), so a process that compiles the same graph later finds it there and only
 traces. This module compiles each config's graph the way a trial will (`build_parts` + `warm_up` + one
-optimizer step, on random token ids of the trial's shapes), one graph per process: in one process a second
-shape of the same code would turn Dynamo's automatic dynamic shapes on and compile a graph no trial uses.
+optimizer step, on random token ids of the trial's shapes), with Dynamo reset before each config: otherwise
+a second shape of the same code would turn its automatic dynamic shapes on and compile a graph no trial uses.
 
 `Warmer` runs these processes in the background, a few at a time; the sweep driver starts it while it
 prepares the data, when trials will compile on CUDA.
@@ -76,14 +76,16 @@ def expected_vocab_size(cfg: RunConfig) -> int:
 
 
 def warm_one(cfg: RunConfig, vocab_size: int | None = None) -> dict[str, Any]:
-    """Compile ``cfg``'s step as a trial does and run one optimizer step; weights are thrown away.
-    Returns the graph key, the seconds it took and torch's compile-cache counters of this process."""
+    """Compile ``cfg``'s step as a fresh trial process does and run one optimizer step; weights are thrown
+    away. Returns the graph key, the seconds it took and torch's compile-cache counters for this graph."""
     import torch
     from torch._dynamo.utils import counters
 
     from cram_core.train import build_parts, optimizer_step, warm_up
 
     vocab = vocab_size or expected_vocab_size(cfg)
+    torch._dynamo.reset()  # as in a new process: an earlier config's shapes must not make this one's dynamic
+    before = {name: int(counters[group][name]) for group, name in CACHE_COUNTERS}
     t0 = time.perf_counter()
     parts = build_parts(cfg, vocab)
     gen = torch.Generator(device=parts.device).manual_seed(0)
@@ -94,7 +96,7 @@ def warm_one(cfg: RunConfig, vocab_size: int | None = None) -> dict[str, Any]:
     if parts.device.type == "cuda":
         torch.cuda.synchronize(parts.device)
     return {"graph": graph_key(cfg, vocab), "compiled": parts.compiled, "seconds": time.perf_counter() - t0,
-            **{name: int(counters[group][name]) for group, name in CACHE_COUNTERS}}
+            **{name: int(counters[group][name]) - before[name] for group, name in CACHE_COUNTERS}}
 
 
 def _load_config(text: str) -> RunConfig:

@@ -61,6 +61,21 @@ def test_the_vocabulary_is_the_prepared_datasets_when_cached(tmp_path: Path) -> 
     assert warmup.expected_vocab_size(missing) == TINY.data.vocab_size
 
 
+def test_each_config_compiles_as_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """Several configs in one process: Dynamo is reset before each (else the second shape compiles dynamic),
+    and each line counts its own graph's cache events. Eager here (compile off), so it runs in a second."""
+    import torch
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    cfgs = [apply_overrides(TINY, ["impl.threads=1", *extra]) for extra in ([], ["data.seq_len=32"])]
+    assert warmup.main([json.dumps(c.to_dict()) for c in cfgs]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(resets) == 2 and [x["graph"] for x in lines] == [warmup.graph_key(c) for c in cfgs]
+    assert all(not x["compiled"] and x["fxgraph_cache_miss"] == 0 for x in lines)
+
+
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "bad.json").write_text('{"model": {"num_layerz": 2}}')
     for arg, match in (("{not json", "is not JSON"), (str(tmp_path / "missing.json"), "cannot read config"),
