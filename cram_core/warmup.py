@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,8 +275,9 @@ class Warmer:
                 _end(proc)
         if self._thread.ident is not None:  # started
             self._thread.join()
-        import shutil
-
+        for index, (proc, out) in self._running.items():  # ended on its own just before the stop
+            if proc.returncode == 0:
+                self._results[index] = self._result(index, 0, out)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
         return self.report()

@@ -162,6 +162,31 @@ def test_stop_ends_running_warm_ups_and_their_children(monkeypatch) -> None:
     assert report.warmed == 0 and report.failed == 0 and "2 stopped" in report.describe()
 
 
+def test_a_warm_up_ends_when_its_parent_is_killed() -> None:
+    """--with-parent: a SIGKILLed driver (no stop()) leaves no warm-up compiling."""
+    child = "import time; from cram_core.warmup import _exit_with_parent; _exit_with_parent(); time.sleep(60)"
+    parent = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+              "print(p.pid, flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": str(Path(warmup.__file__).resolve().parents[1])}
+    driver = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=env)
+    pid = int(driver.stdout.readline())
+
+    def running() -> bool:  # a zombie has ended
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    time.sleep(1.5)  # the child is up and watching
+    assert running()
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running()
+
+
 # ---------------------------------------------------------------- the real entry point (CPU inductor)
 
 TRAIN_SCRIPT = """
