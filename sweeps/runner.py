@@ -524,12 +524,15 @@ def run_sweep(resolved: ResolvedSweep, opts: RunOptions, *, console: Console | N
             warmer = _start_warmer(_warm_configs(resolved, grid_rows, placement, opts), cpus, console)
             t_prepare = time.monotonic()
             # the local Ray starts while the data is prepared (each takes 10-50 s): the GPU waits for the slower
-            # of the two, not for both one after the other
+            # of the two, not for both one after the other. The preparation runs in child processes, not in a
+            # thread of this one: the tokenizer trainer's native threads beside Ray's start crashed this
+            # process (a segfault in train_from_iterator, 1 of 3 first runs on 2 cores).
             with ThreadPoolExecutor(1, thread_name_prefix="prepare-data") as pool:
-                prepared = pool.submit(_prepare_data, prepare, data_configs, grid_rows, ledger, console)
+                children = pool.submit(_prepare_in_children, opts.backend, list(data_configs), console)
                 if not started_ray and not opts.address:
                     started_ray = start_ray(None, num_cpus=cpus)
-                grid_rows = prepared.result()
+                ready = children.result()
+            grid_rows = _prepare_data(prepare, data_configs, grid_rows, ledger, console, ready=ready)
             prepare_s = time.monotonic() - t_prepare
             todo_count = len(grid_rows) if not sweep.is_search else todo_count
         if todo_count:
@@ -626,17 +629,54 @@ def _mirror_reused(ledger: Ledger, mirror: OptunaMirror, sweep_id: int, placemen
         ledger.set_optuna_number(row.id, number)
 
 
+def _prepare_child(backend: str, data_cfg: DataConfig, progress: bool) -> None:
+    """A child process's body: prepare one data config into the cache. Any error exits 1 quietly: the driver
+    then prepares it itself, where the error surfaces with its own type and message."""
+    try:
+        load_backend(backend)[1](data_cfg, progress=progress)
+    except BaseException:
+        os._exit(1)
+
+
+def _prepare_in_children(backend: str, data_cfgs: list[DataConfig], console: Console) -> set[DataConfig]:
+    """Prepare each data config in a fresh (spawned) process, one after the other; the configs that ended
+    ready in the cache. One that failed or crashed is left to `_prepare_data`, which redoes it here."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready: set[DataConfig] = set()
+    for i, data_cfg in enumerate(data_cfgs, 1):
+        t0 = time.monotonic()
+        console.print(f"preparing data {i}/{len(data_cfgs)} (source {data_cfg.source}, "
+                      f"{data_cfg.tokenizer} {data_cfg.vocab_size})")
+        child = ctx.Process(target=_prepare_child, args=(backend, data_cfg, console.is_terminal),
+                            name="prepare-data", daemon=True)
+        child.start()
+        child.join()
+        if child.exitcode == 0:
+            ready.add(data_cfg)
+            console.print(f"  ready in {format_seconds(time.monotonic() - t0)}")
+        elif child.exitcode is not None and child.exitcode < 0:
+            console.print(f"[yellow]  the preparing process died (signal {-child.exitcode}); preparing it again "
+                          f"in this one[/]")
+    return ready
+
+
 def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, list[int]],
-                  grid_rows: list[tuple[int, Any]], ledger: Ledger, console: Console) -> list[tuple[int, Any]]:
+                  grid_rows: list[tuple[int, Any]], ledger: Ledger, console: Console,
+                  ready: set[DataConfig] = frozenset()) -> list[tuple[int, Any]]:
     """Tokenize each distinct data config once, here, so trials find it cached instead of all building it
-    at the same time. A config that fails fails its trials (with the reason) and the rest go on."""
+    at the same time. A config that fails fails its trials (with the reason) and the rest go on. Those in
+    `ready` were prepared by `_prepare_in_children`: here they are a quiet cache hit."""
     failed_rows: set[int] = set()
     for i, (data_cfg, row_ids) in enumerate(data_configs.items(), 1):
         t0 = time.monotonic()
-        console.print(f"preparing data {i}/{len(data_configs)} (source {data_cfg.source}, "
-                      f"{data_cfg.tokenizer} {data_cfg.vocab_size})")
+        announce = data_cfg not in ready
+        if announce:
+            console.print(f"preparing data {i}/{len(data_configs)} (source {data_cfg.source}, "
+                          f"{data_cfg.tokenizer} {data_cfg.vocab_size})")
         try:
-            prepare(data_cfg, progress=console.is_terminal)
+            prepare(data_cfg, progress=console.is_terminal and announce)
         except Exception as e:
             reason = f"data preparation failed: {type(e).__name__}: {one_line(str(e))}"
             console.print(f"[red]{reason}[/]")
@@ -645,7 +685,8 @@ def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, li
             ledger.fail_unprepared(row_ids, reason)
             failed_rows.update(row_ids)
             continue
-        console.print(f"  ready in {format_seconds(time.monotonic() - t0)}")
+        if announce:
+            console.print(f"  ready in {format_seconds(time.monotonic() - t0)}")
     return [(r, p) for r, p in grid_rows if r not in failed_rows]
 
 

@@ -29,7 +29,24 @@ class FakePrepared:
     vocab_size: int
 
 
+PREPARE_LOG_ENV = "CRAM_FAKE_PREPARE_LOG"
+"a file: each prepare() appends 'pid start end' and first sleeps CRAM_FAKE_PREPARE_S seconds (tests of the overlap)"
+PREPARE_CRASH_ENV = "CRAM_FAKE_PREPARE_CRASH"
+"set: prepare() in a child process kills it with SIGSEGV (tests of the driver's recovery)"
+
+
 def prepare(cfg: DataConfig, *, progress: bool = True) -> FakePrepared:
+    import multiprocessing
+    import os
+    import signal
+
+    if os.environ.get(PREPARE_CRASH_ENV) and multiprocessing.parent_process() is not None:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if log := os.environ.get(PREPARE_LOG_ENV):
+        t0 = time.monotonic()
+        time.sleep(float(os.environ.get("CRAM_FAKE_PREPARE_S", "0")))
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {t0} {time.monotonic()}\n")
     return FakePrepared(path="/dev/null", vocab_size=cfg.vocab_size)
 
 

@@ -4,6 +4,7 @@ sampling rate, a host without NVML, the per-sweep store record, and the status /
 from __future__ import annotations
 
 import io
+import os
 import time
 from argparse import Namespace
 from types import SimpleNamespace
@@ -164,7 +165,9 @@ def test_data_is_prepared_while_ray_starts(ray_local, tmp_path, monkeypatch) -> 
             return out
         return wrapper
 
-    monkeypatch.setattr(sweeps.testing, "prepare", timed("prepare", sweeps.testing.prepare, 1.0))
+    log = tmp_path / "prepare.log"  # the preparing child process writes its span here (sweeps.testing)
+    monkeypatch.setenv(sweeps.testing.PREPARE_LOG_ENV, str(log))
+    monkeypatch.setenv("CRAM_FAKE_PREPARE_S", "1.0")
     monkeypatch.setattr(runner, "start_ray", timed("ray", runner.start_ray, 1.0))
     sweep = Sweep(name="overlap", section="training", axis="fake", seeds=1,
                   variants={"cosine": {"train.schedule": "cosine"}})
@@ -172,5 +175,25 @@ def test_data_is_prepared_while_ray_starts(ray_local, tmp_path, monkeypatch) -> 
                        RunOptions(store_url=f"sqlite:///{tmp_path / 'results.db'}", backend="sweeps.testing"),
                        console=Console(file=io.StringIO()))
     assert result.counts["completed"] == result.ran == 2  # the baseline and the variant
-    (p0, p1), (r0, r1) = spans["prepare"], spans["ray"]
+    spans_by_pid = [line.split() for line in log.read_text().splitlines()]
+    child = [(float(a), float(b)) for pid, a, b in spans_by_pid if int(pid) != os.getpid()]
+    assert len(child) == 1 and len(spans_by_pid) == 2  # prepared in a child, then a cache hit here
+    (p0, p1), (r0, r1) = child[0], spans["ray"]
     assert p0 < r1 and r0 < p1  # the two overlapped
+
+
+def test_a_preparing_process_that_crashes_is_redone_by_the_driver(ray_local, tmp_path, monkeypatch) -> None:
+    # the tokenizer trainer once segfaulted the driver while Ray started; now only a child can crash
+    import sweeps.testing
+
+    monkeypatch.setenv(sweeps.testing.PREPARE_CRASH_ENV, "1")
+    out = io.StringIO()
+    sweep = Sweep(name="crashprep", section="training", axis="fake", seeds=1,
+                  variants={"cosine": {"train.schedule": "cosine"}})
+    result = run_sweep(resolve(sweep, preset="tiny", budget="1s"),
+                       RunOptions(store_url=f"sqlite:///{tmp_path / 'results.db'}", backend="sweeps.testing"),
+                       console=Console(file=out, width=200))
+    assert result.counts["completed"] == result.ran == 2
+    text = out.getvalue()
+    assert "the preparing process died (signal 11); preparing it again in this one" in text
+    assert text.count("preparing data 1/1") == 2 and "ready in" in text
