@@ -201,6 +201,8 @@ def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any
             elif downstream is not None:
                 out_dir = Path(tempfile.mkdtemp(prefix="cram-trial-"))
             train, _ = load_backend(backend)
+            if backend == "cram_core":
+                fresh_compiler_for(cfg)
             # held-out loss at fixed budget marks: the Optuna study's intermediate values
             with _ranks(cfg, world_size):
                 summary = train(cfg, out_dir=out_dir, callback=callback, progress=False, eval_marks=EVAL_MARKS)
@@ -217,6 +219,30 @@ def run_trial(cfg: RunConfig, *, backend: str, callback: Callable[[dict[str, Any
         if out_dir is not None and keep is None:
             shutil.rmtree(out_dir, ignore_errors=True)
     return summary
+
+
+_last_graph: list[str] = []
+"graph key of the previous trial in this worker process (Ray reuses workers across trials)"
+
+
+def fresh_compiler_for(cfg: RunConfig) -> bool:
+    """Reset the compiler when this trial's graph differs from the previous trial's in this process.
+
+    Ray reuses a worker for the next trial, and torch's compiler keeps its per-code cache across trials:
+    a trial of other shapes (another micro-batch, another architecture) would then get a recompiled
+    dynamic-shape graph, slower and never warmed ahead (cram_core.warmup compiles static shapes in fresh
+    processes). After a reset it compiles as a fresh process would: a hit in the on-disk cache. A trial of
+    the same graph keeps the compiled function (no compile at all). True when it reset."""
+    from cram_core.warmup import graph_key
+
+    key = graph_key(cfg)
+    changed = bool(_last_graph) and _last_graph[-1] != key
+    if changed:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    _last_graph[:] = [key]
+    return changed
 
 
 def _ranks(cfg: RunConfig, world_size: int) -> Any:
