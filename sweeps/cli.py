@@ -22,7 +22,8 @@ from rich.table import Table
 
 from cram_core.cli import OneLineParser, positive_int, unknown_name
 from cram_core.config import ConfigError
-from sweeps.adhoc import find_sweep, grid_sweep, load_sweeps_file, stored_definitions, sweep_from_definition
+from sweeps.adhoc import (check_new_name, find_sweep, grid_sweep, load_sweeps_file, stored_definitions,
+                          sweep_from_definition)
 from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve, stored_budget_text, trials_per_gpu
 from sweeps.store import DEFAULT_STORE, StoreError, store_url
 
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("name", nargs="?", help="sweep name (see list); or give --name with --vary")
         q.add_argument("--name", dest="new_name", metavar="NAME",
                        help="name of an ad-hoc grid sweep made of the --vary axes (default: none)")
+        q.add_argument("--as", dest="store_as", metavar="NAME",
+                       help="store this run of the named sweep under NAME, e.g. the same sweep at another budget or "
+                            "preset in one store; `run NAME` then resumes it as it was run (default: the sweep's "
+                            "own name)")
         q.add_argument("--vary", action="append", default=[], metavar="GROUP.FIELD=V1,V2,...",
                        help="one axis of the ad-hoc grid, repeatable; the grid is every combination, against "
                             "the preset as baseline (values containing ',' are separated by ';')")
@@ -178,6 +183,13 @@ def _resolve(args: argparse.Namespace) -> ResolvedSweep:
         sweep = grid_sweep(args.new_name, args.vary)
     else:
         sweep, stored = find_sweep(args.name, file_sweeps=file_sweeps, store=store_url(args.store))
+    if args.store_as:
+        if args.new_name:
+            raise ConfigError(f"--as renames a named sweep; the --name sweep {args.new_name!r} is already named")
+        check_new_name(args.store_as, "--as")
+        if args.store_as in file_sweeps:
+            raise ConfigError(f"--as {args.store_as!r} is also a sweep in {args.sweeps_file}; pick another name")
+        sweep, stored = dataclasses.replace(sweep, name=args.store_as), None
     budgets = args.budgets.split(",") if args.budgets else None
     if stored is not None and preset is None and budget is None and not overrides and not budgets:
         # a stored ad-hoc sweep resumes as it was run: same preset, budget(s) and --set overrides (the budget
