@@ -17,8 +17,8 @@ from cram_core.downstream.cli import main
 from cram_core.downstream.encoding import (CLS_ID, MASK_ID, MAX_LENGTH, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID,
                                            PairEncoder, collate, length_batches)
 from cram_core.downstream.errors import DownstreamError
-from cram_core.downstream.finetune import (EVAL_BATCH_SIZE, evaluate_run, finetune, lr_factor, predict,
-                                           resolve_device, summarize)
+from cram_core.downstream.finetune import (EVAL_BATCH_SIZE, default_parallel, evaluate_run, finetune, lr_factor,
+                                           predict, resolve_device, summarize)
 from cram_core.downstream.metrics import (METRICS, REGRESSION_METRICS, accuracy, f1, get_metric, matthews_corr,
                                           pearson, spearman)
 from cram_core.downstream.tasks import (DATA_ROOT_ENV, DEFAULT_DATA_ROOT, Split, Task, list_tasks, load_task,
@@ -28,7 +28,7 @@ __all__ = [
     "CLS_ID", "DATA_ROOT_ENV", "DEFAULT_DATA_ROOT", "EVAL_BATCH_SIZE", "MASK_ID", "MAX_LENGTH", "METRICS", "PAD_ID",
     "REGRESSION_METRICS", "SEP_ID", "SPECIAL_TOKENS", "UNK_ID", "WEIGHT_FILES", "DownstreamError", "PairEncoder",
     "PretrainedRun", "SequenceClassifier", "Split", "Task", "accuracy", "build_classifier", "collate",
-    "evaluate_run", "f1", "finetune", "get_metric", "length_batches", "list_tasks", "load_run", "load_task",
+    "default_parallel", "evaluate_run", "f1", "finetune", "get_metric", "length_batches", "list_tasks", "load_run", "load_task",
     "lr_factor", "main", "matthews_corr", "pearson", "predict", "resolve_data_root", "resolve_device", "spearman",
     "summarize",
 ]

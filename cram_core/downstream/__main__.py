@@ -1,4 +1,5 @@
 from cram_core.cli import run_main
 from cram_core.downstream.cli import main
 
-run_main(main)
+if __name__ == "__main__":  # not again in the spawned fine-tuning workers
+    run_main(main)

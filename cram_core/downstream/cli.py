@@ -29,9 +29,16 @@ def _format_table(results: list[dict[str, Any]], summary: dict[str, dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from cram_core.downstream import bench
+
+        return bench.main(argv[1:])
     parser = OneLineParser(
         prog="python -m cram_core.downstream",
-        description="Fine-tune a finished training run on eval tasks (GLUE-sane protocol) and print dev scores.",
+        description="Fine-tune a finished training run on eval tasks (GLUE-sane protocol) and print dev scores. "
+                    "'python -m cram_core.downstream bench RUN_DIR' times it instead (a run dir named bench: "
+                    "./bench).",
     )
     parser.add_argument("run_dir", help="a training run's --out directory (model.safetensors, config.json, tokenizer.json)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names, e.g. rt-polarity,sva")
@@ -47,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: CUDA when available, else CPU")
     parser.add_argument("--weights", default="auto", choices=("auto", *WEIGHT_FILES),
                         help="which weights of the run: auto = averaged when saved, else model")
+    parser.add_argument("--parallel", type=positive_int, default=None,
+                        help="(task, seed) jobs fine-tuned at once, each in its own process on the same device "
+                             "(default: min(jobs, 4) on CUDA, 1 on CPU)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch; 0 = torch default (1 is often faster for tiny models on a busy host)")
     parser.add_argument("--json", default=None, help="also write records and medians to this JSON file (default: print only)")
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate_run(args.run_dir, tasks, data_root=args.data_root, seeds=args.seeds,
                                epochs=args.epochs, max_train=args.max_train, max_dev=args.max_dev,
                                device=args.device, batch_size=args.batch_size, lr=args.lr,
-                               weights=args.weights, log=log)
+                               weights=args.weights, parallel=args.parallel, log=log)
     except DownstreamError as e:
         return parser.fail(e)
     summary = summarize(results)

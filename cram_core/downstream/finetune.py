@@ -12,8 +12,12 @@ Speed without changing the protocol (batch 16, AdamW, cosine with warm-up, 5 epo
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import statistics
+import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -31,6 +35,8 @@ from cram_core.downstream.tasks import Task, list_tasks, load_task, resolve_data
 EVAL_BATCH_SIZE = 256
 CUDA_PAD_MULTIPLE = 16
 "pad lengths on CUDA are multiples of this: at most 8 graph shapes up to 128 tokens"
+CUDA_DEFAULT_PARALLEL = 4
+"fine-tuning jobs run side by side on one GPU by default (see :func:`evaluate_run`)"
 
 
 
@@ -251,17 +257,31 @@ def _train(stepper: _Stepper, run: PretrainedRun, task: Task, train_ids: list[li
     return last_loss, time.perf_counter() - t_train
 
 
+def default_parallel(device: str, num_jobs: int) -> int:
+    """How many (task, seed) jobs :func:`evaluate_run` runs at once by default: on CUDA up to
+    ``CUDA_DEFAULT_PARALLEL``, since a batch-16 step leaves most of a large GPU idle; on CPU 1, since the cores
+    are already shared by one job's threads."""
+    return min(num_jobs, CUDA_DEFAULT_PARALLEL) if resolve_device(device).type == "cuda" else 1
+
+
 def evaluate_run(run_dir: str | Path, tasks: Sequence[str], *, data_root: str | Path | None = None,
                  seeds: int | Iterable[int] = 1, epochs: int = 5, max_train: int | None = None,
                  max_dev: int | None = None, device: str = "auto", batch_size: int = 16, lr: float = 4e-5,
-                 warmup: float = 0.1, weights: str = "auto",
+                 warmup: float = 0.1, weights: str = "auto", parallel: int | None = None,
                  log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Fine-tune ``run_dir`` on each task for each seed; one record per (task, seed):
+    """Fine-tune ``run_dir`` on each task for each seed; one record per (task, seed), in task then seed order:
     ``task, metric, value, seed`` plus ``train_loss, n_train, n_dev, epochs, max_length, seconds,
     train_examples_per_second, weights``.
 
     ``seeds`` is a count (seeds 0..N-1) or explicit seeds. Everything is validated (run files, task names,
     task files) before any fine-tuning starts, so a typo fails in seconds, not after the first task.
+
+    ``parallel`` > 1 fine-tunes that many jobs at once on the same device, each in a spawned worker process of
+    one pool (CUDA context, kernels and the run's files are loaded once per worker, not per seed; each seed
+    still captures its own CUDA graphs, of its own model). Every job computes exactly what it would alone.
+    Default (None): :func:`default_parallel`, i.e. at most 4 on CUDA and 1 on CPU; with 1 no process is started.
+    The default stays modest because a packed sweep (``gpu-sweep``: 4 trials per GPU) already runs that many
+    trials' fine-tuning side by side. ``log``, given, is called in this process; workers print to stderr.
     """
     run = load_run(run_dir, weights=weights)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -276,17 +296,86 @@ def evaluate_run(run_dir: str | Path, tasks: Sequence[str], *, data_root: str | 
     if unknown:
         raise DownstreamError(f"{unknown_name('task', unknown[0], available)} (tasks in {root})")
     resolve_device(device)
+    num_jobs = len(names) * len(seed_list)
+    if parallel is None:
+        parallel = default_parallel(device, num_jobs)
+    if not isinstance(parallel, int) or parallel < 1:
+        raise DownstreamError(f"parallel must be an integer >= 1, got {parallel!r}")
     loaded = [load_task(root / name, max_train=max_train, max_dev=max_dev) for name in names]
 
     encoder = PairEncoder(run.tokenizer_path, run.max_length)
-    results = []
+    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, device=device)
+    jobs = []  # (task dir name, task, encoded, seed)
     for name, task in zip(names, loaded):
         encoded = (encoder.encode(task.train.texts), encoder.encode(task.dev.texts))
-        for seed in seed_list:
-            record = finetune(run, task, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
-                              device=device, encoded=encoded, log=log)
-            record["task"] = name  # the directory name is what the caller asked for
-            results.append(record)
+        jobs.extend((name, task, encoded, seed) for seed in seed_list)
+    if min(parallel, num_jobs) == 1:
+        records = [finetune(run, task, seed=seed, encoded=encoded, log=log, **options)
+                   for _, task, encoded, seed in jobs]
+    else:
+        records = _finetune_in_workers(run_dir, weights, jobs, options, workers=min(parallel, num_jobs),
+                                       verbose=log is not None)
+    for (name, *_), record in zip(jobs, records):
+        record["task"] = name  # the directory name is what the caller asked for
+    return records
+
+
+_WORKER_RUN: PretrainedRun | None = None
+"the pretrained run of this worker process, loaded once by :func:`_init_worker`"
+
+
+def _init_worker(run_dir: str | Path, weights: str, threads: int | None) -> None:
+    global _WORKER_RUN
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _WORKER_RUN = load_run(run_dir, weights=weights)
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _worker_job(task: Task, encoded: tuple[list[list[int]], list[list[int]]], seed: int, options: dict[str, Any],
+                verbose: bool) -> dict[str, Any]:
+    assert _WORKER_RUN is not None, "_init_worker did not run"
+    return finetune(_WORKER_RUN, task, seed=seed, encoded=encoded, log=_stderr_log if verbose else None,
+                    **options)
+
+
+def _finetune_in_workers(run_dir: str | Path, weights: str, jobs: list[tuple[str, Task, Any, int]],
+                         options: dict[str, Any], *, workers: int, verbose: bool) -> list[dict[str, Any]]:
+    # CPU: the cores are split between the workers
+    cpu = resolve_device(options["device"]).type == "cpu"
+    threads = max(1, len(os.sched_getaffinity(0)) // workers) if cpu else None
+    return _run_pool(_worker_job, [(task, encoded, seed, options, verbose) for _, task, encoded, seed in jobs],
+                     [f"{name} seed {seed}" for name, _, _, seed in jobs], workers=workers,
+                     initializer=_init_worker, initargs=(str(run_dir), weights, threads))
+
+
+def _run_pool(work: Callable[..., Any], calls: list[tuple[Any, ...]], labels: list[str], *, workers: int,
+              initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> list[Any]:
+    """``[work(*args) for args in calls]``, computed by ``workers`` spawned processes. The first failure stops
+    the pool (running calls are killed, queued ones dropped) and is raised as one DownstreamError line that
+    names the call by its label."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=initializer, initargs=initargs)
+    try:
+        futures = [pool.submit(work, *args) for args in calls]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for label, future in zip(labels, futures):
+            if future.done() and future.exception() is not None:
+                error = future.exception()
+                message = " ".join(str(error).split())  # one line, whatever the worker's message was
+                raise DownstreamError(f"fine-tuning {label} failed: {type(error).__name__}: {message}") from error
+        results = [f.result() for f in futures]
+    except BaseException:
+        # shutdown() alone would let the running calls finish first: kill them (the executor has no public way
+        # to end its workers before Python 3.14), then drop the queued ones
+        for process in list(pool._processes.values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results
 
 

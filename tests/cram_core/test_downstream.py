@@ -376,3 +376,105 @@ def test_cuda_graph_steps_train_like_eager_steps(tiny_run, data_root):
     eager = ds.finetune(run, task, epochs=2, dropout=0.0, lr=3e-3, device="cuda", cuda_graphs=False)
     assert graphed["train_loss"] == pytest.approx(eager["train_loss"], rel=0.02, abs=0.02)
     assert abs(graphed["value"] - eager["value"]) <= 0.05
+
+
+# --------------------------------------------------------------- seeds side by side (issue 9 item 3)
+
+_TIMINGS = ("seconds", "train_examples_per_second")
+
+
+def _without_timings(records):
+    return [{k: v for k, v in r.items() if k not in _TIMINGS} for r in records]
+
+
+def test_parallel_jobs_give_the_sequential_records_bit_for_bit_in_the_same_order(tiny_run, data_root):
+    kwargs = dict(data_root=data_root, seeds=[0, 3], epochs=1, max_train=48, max_dev=32, lr=1e-3, device="cpu")
+    alone = ds.evaluate_run(tiny_run, ["keyword", "count"], parallel=1, **kwargs)
+    side_by_side = ds.evaluate_run(tiny_run, ["keyword", "count"], parallel=2, **kwargs)
+    assert [(r["task"], r["seed"]) for r in side_by_side] == [("keyword", 0), ("keyword", 3), ("count", 0),
+                                                              ("count", 3)]
+    assert _without_timings(side_by_side) == _without_timings(alone)  # floats compared exactly
+    assert not __import__("multiprocessing").active_children()
+
+
+def test_the_default_on_cpu_starts_no_process_and_on_cuda_runs_up_to_four(tiny_run, data_root, monkeypatch):
+    ft = sys.modules["cram_core.downstream.finetune"]  # the package's `finetune` is the function
+    assert ds.default_parallel("cpu", 10) == 1
+    monkeypatch.setattr(ft, "resolve_device", lambda device: torch.device("cuda"))
+    assert (ds.default_parallel("auto", 10), ds.default_parallel("auto", 3)) == (4, 3)
+    monkeypatch.undo()
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(ft, "ProcessPoolExecutor", no_pool)
+    records = ds.evaluate_run(tiny_run, ["keyword"], data_root=data_root, seeds=2, epochs=1, max_train=16,
+                              max_dev=8, device="cpu")
+    assert len(records) == 2
+
+
+def test_a_failing_job_stops_the_pool_with_one_line_and_leaves_no_child(tiny_run, data_root):
+    import multiprocessing
+
+    with pytest.raises(ds.DownstreamError) as exc:
+        ds.evaluate_run(tiny_run, ["keyword"], data_root=data_root, seeds=3, batch_size=0, max_train=16,
+                        max_dev=8, device="cpu", parallel=2)
+    message = str(exc.value)
+    assert "\n" not in message and "keyword seed 0 failed" in message and "batch_size must be >= 1" in message
+    assert not multiprocessing.active_children()
+
+
+def test_parallel_below_one_is_refused_before_any_work(tiny_run, data_root, capsys):
+    with pytest.raises(ds.DownstreamError, match="parallel must be an integer >= 1, got 0"):
+        ds.evaluate_run(tiny_run, ["keyword"], data_root=data_root, parallel=0, device="cpu")
+    with pytest.raises(SystemExit) as exc:
+        ds.main([str(tiny_run), "--tasks", "keyword", "--parallel", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--parallel" in err
+
+
+def test_bench_prints_examples_per_second_and_equal_scores_per_parallel_setting(tiny_run, data_root, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "bench.json"
+    rc = ds.main(["bench", str(tiny_run), "--task", "keyword", "--seeds", "2", "--epochs", "1", "--max-train",
+                  "32", "--max-dev", "16", "--parallel", "1,2", "--device", "cpu", "--data-root", str(data_root),
+                  "--json", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "keyword: 32 train x 1 epochs x 2 seeds, 16 dev, accuracy"
+    assert table[1].split() == ["parallel", "wall_s", "examples/s", "median", "mean", "sd", "scores"]
+    assert [line.split()[0] for line in table[2:]] == ["1", "2"]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["scores"] == rows[1]["scores"] and rows[0]["seeds"] == [0, 1]
+    assert all(r["examples_per_second"] == pytest.approx(2 * 32 / r["wall_s"]) for r in rows)
+
+
+def test_bench_usage_errors_are_one_line(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ds.main(["bench", str(tiny_run), "--parallel", "1,0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--parallel" in err
+
+
+def test_a_failure_kills_the_jobs_still_running_instead_of_waiting_for_them():
+    import multiprocessing
+    import time
+
+    ft = sys.modules["cram_core.downstream.finetune"]
+    t0 = time.perf_counter()
+    # eval: a picklable stand-in for a long job beside a failing one (test functions are not importable by
+    # the spawned workers)
+    with pytest.raises(ds.DownstreamError, match=r"^fine-tuning b failed: ZeroDivisionError: division by zero$"):
+        ft._run_pool(eval, [("__import__('time').sleep(120)",), ("1 / 0",)], ["a", "b"], workers=2)
+    assert time.perf_counter() - t0 < 60
+    assert not multiprocessing.active_children()
+
+
+def test_module_entry_point_runs_the_bench_with_spawned_workers(tiny_run, data_root):
+    # the spawned workers re-import the parent's main module: `python -m cram_core.downstream` must not re-run
+    proc = subprocess.run([sys.executable, "-m", "cram_core.downstream", "bench", str(tiny_run), "--task", "keyword",
+                           "--seeds", "2", "--epochs", "1", "--max-train", "16", "--max-dev", "8", "--parallel", "2",
+                           "--device", "cpu", "--data-root", str(data_root)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].split()[0] == "2" and proc.stderr.count("parallel 2:") == 1
