@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=positive_int, default=2, help="fine-tuning epochs per seed")
     parser.add_argument("--max-train", type=positive_int, default=3000, help="cap train examples (seeded subset)")
     parser.add_argument("--max-dev", type=positive_int, default=None, help="cap dev examples (default: all)")
-    parser.add_argument("--parallel", type=parallel_list, default=[1, 4],
+    parser.add_argument("--parallel", type=parallel_list, default="1,4",
                         help="comma-separated numbers of seeds run side by side, one timed run each")
     parser.add_argument("--data-root", default=None,
                         help=f"folder of <task>/task.json (default ${DATA_ROOT_ENV} or {DEFAULT_DATA_ROOT})")

@@ -478,3 +478,15 @@ def test_module_entry_point_runs_the_bench_with_spawned_workers(tiny_run, data_r
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].split()[0] == "2" and proc.stderr.count("parallel 2:") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_seeds_side_by_side_train_like_seeds_alone(tiny_run, data_root):
+    # each worker replays its own CUDA graphs; bf16 and the backward's atomics allow noise, not different training
+    kwargs = dict(data_root=data_root, seeds=2, epochs=2, max_train=120, max_dev=64, lr=3e-3, device="cuda")
+    alone = ds.evaluate_run(tiny_run, ["keyword"], parallel=1, **kwargs)
+    side_by_side = ds.evaluate_run(tiny_run, ["keyword"], parallel=2, **kwargs)
+    for a, b in zip(alone, side_by_side):
+        assert b["seed"] == a["seed"] and b["train_loss"] == pytest.approx(a["train_loss"], rel=0.02, abs=0.02)
+        assert abs(b["value"] - a["value"]) <= 0.05
