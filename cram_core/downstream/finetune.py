@@ -6,7 +6,9 @@ Speed without changing the protocol (batch 16, AdamW, cosine with warm-up, 5 epo
   step (forward, backward, optimizer) and replayed: a 16-row step of a BERT-base-sized encoder is hundreds of
   small kernels, whose launches, not their arithmetic, set the pace;
 - no host sync per step (pinned batches copied asynchronously, the loss summed on the device, the LR a device
-  tensor), and evaluation in large length-sorted batches.
+  tensor), and evaluation in large length-sorted batches;
+- seeds side by side: :func:`evaluate_run` can run several (task, seed) jobs at once in worker processes that
+  share the device, since one batch-16 run leaves most of a large GPU idle.
 """
 
 from __future__ import annotations
@@ -278,10 +280,12 @@ def evaluate_run(run_dir: str | Path, tasks: Sequence[str], *, data_root: str | 
 
     ``parallel`` > 1 fine-tunes that many jobs at once on the same device, each in a spawned worker process of
     one pool (CUDA context, kernels and the run's files are loaded once per worker, not per seed; each seed
-    still captures its own CUDA graphs, of its own model). Every job computes exactly what it would alone.
+    still captures its own CUDA graphs, of its own model). Every job runs the computation it runs alone (bit
+    for bit on CPU at equal thread counts; CPU workers get cores / parallel threads each).
     Default (None): :func:`default_parallel`, i.e. at most 4 on CUDA and 1 on CPU; with 1 no process is started.
     The default stays modest because a packed sweep (``gpu-sweep``: 4 trials per GPU) already runs that many
-    trials' fine-tuning side by side. ``log``, given, is called in this process; workers print to stderr.
+    trials' fine-tuning side by side. ``log`` gets the progress lines of jobs run in this process; workers print
+    theirs to stderr when ``log`` is given.
     """
     run = load_run(run_dir, weights=weights)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]

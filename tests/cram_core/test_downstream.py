@@ -456,16 +456,19 @@ def test_bench_usage_errors_are_one_line(tiny_run, capsys):
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--parallel" in err
 
 
-def test_a_failure_kills_the_jobs_still_running_instead_of_waiting_for_them():
+@pytest.mark.parametrize("failing, error", [("1 / 0", "b failed: ZeroDivisionError: division by zero"),
+                                             ("__import__('os')._exit(3)", "failed: BrokenProcessPool: ")])
+def test_a_failure_kills_the_jobs_still_running_instead_of_waiting_for_them(failing, error):
     import multiprocessing
     import time
 
     ft = sys.modules["cram_core.downstream.finetune"]
     t0 = time.perf_counter()
-    # eval: a picklable stand-in for a long job beside a failing one (test functions are not importable by
-    # the spawned workers)
-    with pytest.raises(ds.DownstreamError, match=r"^fine-tuning b failed: ZeroDivisionError: division by zero$"):
-        ft._run_pool(eval, [("__import__('time').sleep(120)",), ("1 / 0",)], ["a", "b"], workers=2)
+    # eval: a picklable stand-in for a long job beside a failing (or dying) one; test functions are not
+    # importable by the spawned workers
+    with pytest.raises(ds.DownstreamError, match="^fine-tuning ") as exc:
+        ft._run_pool(eval, [("__import__('time').sleep(120)",), (failing,)], ["a", "b"], workers=2)
+    assert error in str(exc.value) and "\n" not in str(exc.value)
     assert time.perf_counter() - t0 < 60
     assert not multiprocessing.active_children()
 
