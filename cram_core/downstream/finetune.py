@@ -356,6 +356,10 @@ def _finetune_in_workers(run_dir: str | Path, weights: str, jobs: list[tuple[str
                      initializer=_init_worker, initargs=(str(run_dir), weights, threads))
 
 
+POOL_POLL_S = 0.5
+"seconds between looks for a dead worker while fine-tuning jobs run side by side"
+
+
 def _run_pool(work: Callable[..., Any], calls: list[tuple[Any, ...]], labels: list[str], *, workers: int,
               initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> list[Any]:
     """``[work(*args) for args in calls]``, computed by ``workers`` spawned processes. The first failure stops
@@ -365,7 +369,15 @@ def _run_pool(work: Callable[..., Any], calls: list[tuple[Any, ...]], labels: li
                                initializer=initializer, initargs=initargs)
     try:
         futures = [pool.submit(work, *args) for args in calls]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        while wait(futures, timeout=POOL_POLL_S, return_when=FIRST_EXCEPTION)[1]:
+            if any(f.done() and f.exception() is not None for f in futures):
+                break
+            # a worker that died (killed, out of memory, os._exit): on Python 3.11 the executor notices only
+            # after every other worker has finished its call, so look at the processes here
+            dead = [p.exitcode for p in list((pool._processes or {}).values()) if p.exitcode not in (None, 0)]
+            if dead:
+                raise DownstreamError(f"fine-tuning failed: BrokenProcessPool: a worker process died (exit code "
+                                      f"{dead[0]}) while running one of: {', '.join(labels)}")
         for label, future in zip(labels, futures):
             if future.done() and future.exception() is not None:
                 error = future.exception()
