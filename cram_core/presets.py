@@ -85,9 +85,10 @@ def gpu_sweep() -> RunConfig:
 
     Found by docs/results/preset_search.md (one H200, four trials packed per GPU, 100 s each): at equal GPU
     time it was the only candidate past the initial MLM plateau (held-out 3.50; crammed-bert-short 6.06,
-    8x512 5.69). Its seeds leave the plateau after 25-35M tokens (docs/results/lr_schedules_40M.md), so sweeps
-    default to 80M tokens (WORK_BUDGET_TOKENS in sweeps/definitions.py), a budget in work so that packed
-    trials don't measure each other, and sweeps pack four trials per GPU (TRIALS_PER_GPU)."""
+    8x512 5.69). Its seeds leave the plateau after 25-35M tokens (docs/results/lr_schedules_40M.md), so its
+    budget is 80M tokens, about 2 min of an H200 with four trials packed per GPU. Sweeps on it default to
+    that budget in work (WORK_BUDGET_TOKENS in sweeps/definitions.py), so that packed trials don't measure
+    each other, and pack four trials per GPU (TRIALS_PER_GPU)."""
     cfg = crammed_bert()
     return replace(
         cfg,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cram_core.cli import OneLineParser, run_main
-from cram_core.config import ConfigError, RunConfig
+from cram_core.config import ConfigError, DataConfig, RunConfig
 
 GRAPH_FREE_MODEL_FIELDS = ("init", "init_std")
 "model fields that only set initial values, which enter the compiled graph as inputs, not as its code"
@@ -57,8 +57,11 @@ def distinct_graphs(cfgs: Iterable[RunConfig]) -> list[RunConfig]:
     """The first config of every distinct compiled graph, in the order the configs come (trials that run
     first get their graph warmed first)."""
     seen: dict[str, RunConfig] = {}
+    vocab: dict[DataConfig, int] = {}  # one cache lookup per data config, not per trial
     for cfg in cfgs:
-        seen.setdefault(graph_key(cfg, expected_vocab_size(cfg)), cfg)
+        if cfg.data not in vocab:
+            vocab[cfg.data] = expected_vocab_size(cfg)
+        seen.setdefault(graph_key(cfg, vocab[cfg.data]), cfg)
     return list(seen.values())
 
 

@@ -629,6 +629,10 @@ def _mirror_reused(ledger: Ledger, mirror: OptunaMirror, sweep_id: int, placemen
         ledger.set_optuna_number(row.id, number)
 
 
+def _announce_data(console: Console, i: int, n: int, data_cfg: DataConfig) -> None:
+    console.print(f"preparing data {i}/{n} (source {data_cfg.source}, {data_cfg.tokenizer} {data_cfg.vocab_size})")
+
+
 def _prepare_child(backend: str, data_cfg: DataConfig, progress: bool) -> None:
     """A child process's body: prepare one data config into the cache. Any error exits 1 quietly: the driver
     then prepares it itself, where the error surfaces with its own type and message."""
@@ -647,8 +651,7 @@ def _prepare_in_children(backend: str, data_cfgs: list[DataConfig], console: Con
     ready: set[DataConfig] = set()
     for i, data_cfg in enumerate(data_cfgs, 1):
         t0 = time.monotonic()
-        console.print(f"preparing data {i}/{len(data_cfgs)} (source {data_cfg.source}, "
-                      f"{data_cfg.tokenizer} {data_cfg.vocab_size})")
+        _announce_data(console, i, len(data_cfgs), data_cfg)
         child = ctx.Process(target=_prepare_child, args=(backend, data_cfg, console.is_terminal),
                             name="prepare-data", daemon=True)
         child.start()
@@ -673,8 +676,7 @@ def _prepare_data(prepare: Callable[..., Any], data_configs: dict[DataConfig, li
         t0 = time.monotonic()
         announce = data_cfg not in ready
         if announce:
-            console.print(f"preparing data {i}/{len(data_configs)} (source {data_cfg.source}, "
-                          f"{data_cfg.tokenizer} {data_cfg.vocab_size})")
+            _announce_data(console, i, len(data_configs), data_cfg)
         try:
             prepare(data_cfg, progress=console.is_terminal and announce)
         except Exception as e:
