@@ -36,7 +36,8 @@ GPU_PRESET = "crammed-bert-short"
 # seconds budget (the paper's setting). gpu-sweep's is its own token budget (cram_core/presets.py says why).
 WORK_BUDGET_TOKENS = {"tiny": 100_000.0, "gpu-sweep": get_preset("gpu-sweep").budget.tokens}
 # Presets too small to fill a GPU alone: a sweep packs this many trials per GPU unless --gpus-per-trial says
-# otherwise. gpu-sweep on one H200: four trials together train 2.7M tokens/s, one alone 1.85M (docs/results).
+# otherwise. gpu-sweep on one H200: four trials together train 2.7M tokens/s, one alone 1.85M in the bench
+# and 1.27M in a sweep trial (docs/results).
 TRIALS_PER_GPU = {"gpu-sweep": 4}
 
 
