@@ -33,7 +33,10 @@ from cram_core.config import ConfigError, DataConfig, RunConfig
 
 GRAPH_FREE_MODEL_FIELDS = ("init", "init_std")
 "model fields that only set initial values, which enter the compiled graph as inputs, not as its code"
-COMMAND = [sys.executable, "-m", "cram_core.warmup", "--with-parent"]
+WARMUP_NICENESS = 10
+"""how much lower than the sweep's own processes warm-ups run: the data preparation they overlap with is what
+trials wait for, so it gets the cores first; a warm-up only saves a trial compile time it would spend anyway"""
+COMMAND = [sys.executable, "-m", "cram_core.warmup", "--with-parent", "--nice", str(WARMUP_NICENESS)]
 "what `Warmer` runs, with one config file after it"
 CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
                   ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))
@@ -131,6 +134,15 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
+def lower_priority(increment: int) -> None:
+    """os.nice(increment) where the OS has it; a priority is a courtesy, so failing to lower it is not an error."""
+    if increment > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(increment)
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m cram_core.warmup", description="Compile each config's training step "
                            "once, so that later processes find it in torch's on-disk compile caches.")
@@ -139,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="vocabulary of the model (default: the prepared dataset's, else data.vocab_size)")
     parser.add_argument("--with-parent", action="store_true", help="exit when the parent process exits")
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="lower this process's CPU priority by N (its compile workers inherit it)")
     args = parser.parse_args(argv)
     try:
         cfgs = [_load_config(text) for text in args.configs]
@@ -146,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return parser.fail(e)
     if args.with_parent:
         _exit_with_parent()
+    lower_priority(args.nice)
     for cfg in cfgs:  # one JSON line per graph, read by Warmer
         print(json.dumps(warm_one(cfg, args.vocab_size)), flush=True)
     return 0
