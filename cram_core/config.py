@@ -351,9 +351,14 @@ class ImplConfig:
     "use fused optimizer kernels where available (CUDA)"
     threads: int = 0
     "CPU threads for torch; 0 = torch default"
+    residual_dtype: Literal["fp32", "autocast"] = "fp32"
+    "dtype of the residual stream between blocks: fp32 (as HF BERT and cramming), or autocast's (bf16: half the bytes, rounded at every add)"
 
     def __post_init__(self) -> None:
         _check(self.threads >= 0, "impl.threads must be >= 0")
+        _check(not (self.residual_dtype == "autocast" and self.precision == "fp32"),
+               "impl.residual_dtype=autocast needs an autocast dtype and impl.precision=fp32 has none; "
+               "valid with fp32: fp32")
 
 
 GROUPS: dict[str, type] = {
@@ -401,9 +406,12 @@ class RunConfig:
         """Stable short hash of the resolved config without ``train.seed``: trials are keyed by (hash, seed).
 
         ``train.mark_sequences`` is left out too: it changes neither training nor the final held-out loss, only
-        which sequences the intermediate marks read, so a store from before the field keeps its keys."""
+        which sequences the intermediate marks read, so a store from before the field keeps its keys. For the
+        same reason ``impl.residual_dtype`` is left out at fp32, the stream every trial had before the field."""
         d = self.to_dict()
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("seed", "mark_sequences")}
+        if d["impl"]["residual_dtype"] == "fp32":
+            del d["impl"]["residual_dtype"]
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -52,6 +52,21 @@ def check_precision(impl: ImplConfig, device: torch.device) -> None:
     """Fail before any data is prepared or written when impl.precision cannot run on ``device``."""
     if impl.precision == "fp8":
         _float8_api(device)
+    stream_dtype(impl, device)
+
+
+def stream_dtype(impl: ImplConfig, device: torch.device) -> torch.dtype | None:
+    """The residual stream's dtype for ``CrammedBert.set_stream_dtype``: None (impl.residual_dtype=fp32) keeps the
+    fp32 the embeddings and norms return under autocast; autocast is the autocast dtype. Without autocast
+    there is nothing to follow, so that is an error rather than a second name for fp32."""
+    if impl.residual_dtype == "fp32":
+        return None
+    dtype = resolve_dtype(impl, device)
+    if dtype is None:
+        raise ConfigError(f"impl.residual_dtype=autocast needs an autocast dtype and impl.precision={impl.precision} "
+                          f"runs fp32 on {device.type}; valid here: impl.residual_dtype=fp32, or impl.precision="
+                          "bf16, fp16, fp8")
+    return dtype
 
 
 def _float8_api(device: torch.device) -> Any:
@@ -68,12 +83,13 @@ def _float8_api(device: torch.device) -> Any:
 
 
 def apply_precision(model: torch.nn.Module, impl: ImplConfig, device: torch.device) -> torch.nn.Module:
-    """impl.precision=fp8: the encoder blocks' linear layers become torchao Float8Linear (dynamic
-    tensorwise scaling: e4m3 inputs and weights, e5m2 output gradients); everything else runs under bf16
-    autocast. The embeddings and the MLM head stay bf16: the decoder is the tied token table, and the
-    output layer is the most sensitive to fp8 rounding. Parameters (and so the optimizer) are unchanged.
-    Any other precision returns ``model`` untouched.
+    """Sets the model's residual-stream dtype (see ``stream_dtype``). impl.precision=fp8: the encoder blocks' linear
+    layers become torchao Float8Linear (dynamic tensorwise scaling: e4m3 inputs and weights, e5m2 output
+    gradients); everything else runs under bf16 autocast. The embeddings and the MLM head stay bf16: the
+    decoder is the tied token table, and the output layer is the most sensitive to fp8 rounding.
+    Parameters (and so the optimizer) are unchanged. Any other precision returns ``model`` itself.
     """
+    model.set_stream_dtype(stream_dtype(impl, device))
     if impl.precision != "fp8":
         return model
     float8 = _float8_api(device)

@@ -265,9 +265,12 @@ class Residual(nn.Module):
         self.norm_out = make_norm() if slots.branch_output else nn.Identity()
         self.norm_sum = make_norm() if slots.after_sum else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.stream_dtype: torch.dtype | None = None  # see CrammedBert.set_stream_dtype
 
     def forward(self, x: torch.Tensor, *fn_args: Any) -> torch.Tensor:
-        return self.norm_sum(x + self.norm_out(self.dropout(self.fn(self.norm_in(x), *fn_args))))
+        y = self.norm_sum(x + self.norm_out(self.dropout(self.fn(self.norm_in(x), *fn_args))))
+        # CUDA autocast runs norms in fp32, so norm_out or norm_sum would turn a bf16 stream back to fp32.
+        return y if self.stream_dtype is None else y.to(self.stream_dtype)  # a python constant: one path
 
 
 class Block(nn.Module):
@@ -365,6 +368,7 @@ class CrammedBert(nn.Module):
             )
         self.cfg, self.vocab_size = cfg, vocab_size
         self.sparse_prediction = cfg.sparse_prediction
+        self.stream_dtype: torch.dtype | None = None  # see set_stream_dtype
         # torch's default layer init draws random numbers that init_weights overwrites (from per-parameter
         # generators); forking the RNG keeps those draws off the caller's global stream (dropout).
         with torch.random.fork_rng(devices=[]):
@@ -375,6 +379,15 @@ class CrammedBert(nn.Module):
             self.final_norm = parts["norm"]() if cfg.final_norm else nn.Identity()
             self.head = MLMHead(cfg, vocab_size, parts)
         init_weights(self, *parts["init"](cfg), seed=seed)
+
+    def set_stream_dtype(self, dtype: torch.dtype | None) -> None:
+        """impl.residual_dtype (hardware.apply_precision calls this). None: the stream between blocks has the
+        dtype the layers return, fp32 under autocast as in HF BERT (lookups and norms are not bf16, and a
+        residual add promotes). A dtype: the embeddings' output and every residual branch's output are cast
+        to it, so under bf16 autocast the stream moves half the bytes, rounded to bf16 at every add."""
+        for module in self.modules():
+            if isinstance(module, (CrammedBert, Residual)):
+                module.stream_dtype = dtype
 
     def encode(
         self,
@@ -388,6 +401,8 @@ class CrammedBert(nn.Module):
             position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
         key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B,1,1,L]
         x = self.embeddings(input_ids, position_ids)  # [B,L,H]
+        if self.stream_dtype is not None:  # a python constant: compile sees one path
+            x = x.to(self.stream_dtype)
         rope = self.embeddings.positions.rotation(position_ids)
         for block in self.blocks:
             x = block(x, rope, key_mask)
