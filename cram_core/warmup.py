@@ -36,6 +36,8 @@ GRAPH_FREE_MODEL_FIELDS = ("init", "init_std")
 WARMUP_NICENESS = 10
 """how much lower than the sweep's own processes warm-ups run: the data preparation they overlap with is what
 trials wait for, so it gets the cores first; a warm-up only saves a trial compile time it would spend anyway"""
+GRAPH_FREE_IMPL_FIELDS = ("threads", "fused_optimizer")
+"impl fields outside the compiled step (the optimizer step is not compiled); every other one can change it"
 COMMAND = [sys.executable, "-m", "cram_core.warmup", "--with-parent", "--nice", str(WARMUP_NICENESS)]
 "what `Warmer` runs, with one config file after it"
 CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
@@ -44,13 +46,13 @@ CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache
 
 def graph_key(cfg: RunConfig, vocab_size: int | None = None) -> str:
     """What the compiled step function depends on: the model's code and sizes, the objective (it is compiled
-    with the model), micro-batch and sequence lengths, vocabulary, precision and compile mode. LR, schedule,
+    with the model), micro-batch and sequence lengths, vocabulary, and the impl group (precision, compile mode, stream dtype, ...). LR, schedule,
     batch ramp, optimizer, seed and budget stay out: they never reach the compiled graph."""
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in GRAPH_FREE_MODEL_FIELDS}
     shapes = {"micro_batch_size": cfg.train.micro_batch_size,
               "lengths": sorted({cfg.data.seq_len} | {n for n, _ in cfg.train.curriculum()}),
               "vocab_size": vocab_size or cfg.data.vocab_size}
-    impl = {"device": cfg.impl.device, "precision": cfg.impl.precision, "compile_mode": cfg.impl.compile_mode}
+    impl = {k: v for k, v in dataclasses.asdict(cfg.impl).items() if k not in GRAPH_FREE_IMPL_FIELDS}
     blob = json.dumps({"model": model, "objective": dataclasses.asdict(cfg.objective), **shapes, **impl},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
