@@ -57,6 +57,7 @@ class Parts:
     vocab_size: int
     flops_cache: dict[int, float] = field(default_factory=dict)
     ranks: distributed.Ranks = distributed.SINGLE  # data-parallel ranks sharing each optimizer step
+    cuda_graphs: bool = False  # step_loss replays CUDA graphs (see `new_cuda_graph_step`)
 
     def flops_per_sequence(self, seq_len: int) -> float:
         """One forward + backward of one sequence cut at ``seq_len``: the model runs on its kept positions."""
@@ -112,7 +113,42 @@ def build_parts(cfg: RunConfig, vocab_size: int, ranks: distributed.Ranks = dist
         scaler=hardware.grad_scaler(hardware.resolve_dtype(cfg.impl, device), device),
         vocab_size=vocab_size,
         ranks=ranks,
+        cuda_graphs=uses_cuda_graphs(cfg.impl.compile_mode, device, compiled),
     )
+
+
+def uses_cuda_graphs(compile_mode: str, device: torch.device, compiled: bool) -> bool:
+    """Whether a step_loss compiled in ``compile_mode`` runs as CUDA graphs: on CUDA, in the modes that turn on
+    inductor's ``triton.cudagraphs`` (reduce-overhead and max-autotune)."""
+    from torch._inductor import list_mode_options  # what each mode sets, as torch.compile's docs point to
+
+    return compiled and device.type == "cuda" and bool(list_mode_options(compile_mode).get("triton.cudagraphs"))
+
+
+def new_cuda_graph_step(parts: Parts) -> None:
+    """Before each call of a step_loss that replays CUDA graphs: start a new CUDA-graph step, and give every
+    trainable parameter a ``.grad`` of its own memory. A no-op otherwise.
+
+    The outputs of one replay live in the graphs' memory pool and the next step's replay overwrites them;
+    reading one afterwards raises "accessing tensor output of CUDAGraphs that has been overwritten by a
+    subsequent run". The loss is read within its own step (`accumulate_gradients` adds ``loss.detach() *
+    scale``, a new tensor, to the step's total: `pending` holds those). But autograd keeps a backward's
+    gradient output itself as ``.grad`` where ``.grad`` is None, and the next micro-batch, warm-up pass or
+    SAM pass then adds to overwritten memory. A zero ``.grad`` made here is added to in place instead: the
+    same sums, as every parameter gets a gradient in every step. One flat buffer per dtype (views as the
+    grads) keeps that to one fill kernel, in the mode meant to save launches.
+    """
+    if not parts.cuda_graphs:
+        return
+    torch.compiler.cudagraph_mark_step_begin()
+    if not torch.is_grad_enabled():
+        return
+    missing = [p for p in parts.model.parameters() if p.requires_grad and p.grad is None]
+    for dtype in dict.fromkeys(p.dtype for p in missing):
+        group = [p for p in missing if p.dtype == dtype]
+        flat = torch.zeros(sum(p.numel() for p in group), dtype=dtype, device=parts.device)
+        for p, grad in zip(group, flat.split([p.numel() for p in group])):
+            p.grad = grad.view_as(p)
 
 
 def reshape_for_length(batch: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -127,8 +163,11 @@ def reshape_for_length(batch: torch.Tensor, seq_len: int) -> torch.Tensor:
 def forward_loss(parts: Parts, tokens: torch.Tensor, objective: MLMObjective, generator: torch.Generator,
                  model: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     masked = objective.mask(tokens, generator)
-    loss_fn = parts.step_loss if model is None and objective is parts.objective else (
-        _loss_function(model or parts.model, objective, parts.device, parts.amp_dtype))
+    if model is None and objective is parts.objective:
+        loss_fn = parts.step_loss
+        new_cuda_graph_step(parts)
+    else:
+        loss_fn = _loss_function(model or parts.model, objective, parts.device, parts.amp_dtype)
     return loss_fn(masked.input_ids, masked.positions, masked.position_ids, masked.targets)
 
 

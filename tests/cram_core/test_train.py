@@ -204,3 +204,96 @@ def test_blow_up_reason_rules():
     mse = [1.0, 1.0, 0.9, 0.9, 1.2, 1.4, 1.6, 1.8, 1.9, 1.9]
     assert "1.25 x its first logged value 1.00" in other(mse, eval_loss=6.0)
     assert other([1.0, 1.0, 0.9, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 1.2], eval_loss=6.0) is None  # 1.2 < 1.25
+
+
+# ---------------------------------------------------------------- CUDA graphs (compile_mode reduce-overhead)
+
+
+def test_only_the_cuda_graph_modes_on_cuda_replay_graphs():
+    import torch
+
+    from cram_core.train import uses_cuda_graphs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    graphs = {mode: uses_cuda_graphs(mode, cuda, True)
+              for mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
+    assert graphs == {"default": False, "reduce-overhead": True, "max-autotune": True,
+                      "max-autotune-no-cudagraphs": False}
+    assert not uses_cuda_graphs("reduce-overhead", cuda, False)  # impl.compile=off: nothing is compiled
+    assert not uses_cuda_graphs("reduce-overhead", cpu, True)
+
+
+def _count_marks(monkeypatch):
+    import torch
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    return marks
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])
+def test_new_cuda_graph_step_is_a_no_op_off_cuda(monkeypatch, mode):
+    import torch
+
+    from cram_core.train import build_parts, forward_loss
+
+    marks = _count_marks(monkeypatch)
+    cfg = apply_overrides(get_preset("tiny"), ["impl.threads=1", "impl.device=cpu", f"impl.compile_mode={mode}"])
+    parts = build_parts(cfg, 2048)
+    assert not parts.cuda_graphs
+    forward_loss(parts, torch.randint(5, 2048, (8, 64)), parts.objective, parts.generator)
+    assert not marks and all(p.grad is None for p in parts.model.parameters())
+
+
+def test_new_cuda_graph_step_marks_each_call_and_keeps_the_gradient_sums(monkeypatch):
+    """With CUDA graphs each micro-batch starts a new step and accumulates into a .grad of its own memory,
+    allocated before the call; the sums are bit for bit those of accumulating from grad = None."""
+    import torch
+
+    from cram_core.train import accumulate_gradients, build_parts, new_cuda_graph_step
+
+    marks = _count_marks(monkeypatch)
+    cfg = apply_overrides(get_preset("tiny"), ["impl.threads=1", "impl.device=cpu", "impl.compile=off"])
+    batches = list(torch.randint(5, 2048, (3, 8, 64), generator=torch.Generator().manual_seed(0)))
+    plain, graphed = build_parts(cfg, 2048), build_parts(cfg, 2048)
+    graphed.cuda_graphs = True  # what build_parts sets on CUDA in reduce-overhead; the bookkeeping runs anywhere
+    loss_plain, loss_graphed = accumulate_gradients(plain, batches), accumulate_gradients(graphed, batches)
+    assert len(marks) == len(batches)
+    assert torch.equal(loss_graphed, loss_plain)
+    for (name, p), q in zip(plain.model.named_parameters(), graphed.model.parameters()):
+        assert torch.equal(q.grad, p.grad), name
+    graphed.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():  # an eval-style call needs no gradient buffers
+        new_cuda_graph_step(graphed)
+    assert all(p.grad is None for p in graphed.model.parameters())
+    new_cuda_graph_step(graphed)
+    assert all(p.grad is not None and not p.grad.any() for p in graphed.model.parameters())
+    assert len(marks) == len(batches) + 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("wrapper", ["none", "sam"])
+def test_reduce_overhead_trains_like_the_default_mode(tmp_path, wrapper):
+    """Regression: compile_mode=reduce-overhead crashed in warm_up's second backward ("accessing tensor output
+    of CUDAGraphs that has been overwritten"). Here with 4 micro-batches a step, two curriculum lengths and
+    SAM's second pass, all of which accumulate gradients over several replays."""
+    import torch
+    from torch._dynamo.utils import counters
+    from torch._inductor.cudagraph_trees import get_manager
+
+    runs = {}
+    for mode in ("default", "reduce-overhead"):
+        torch.compiler.reset()  # fresh compiled code and CUDA-graph trees for each mode
+        counters.clear()
+        runs[mode] = run(tmp_path, "impl.device=cuda", f"impl.compile_mode={mode}", f"optim.wrapper={wrapper}",
+                         "train.batch_size=32", "train.micro_batch_size=8", "train.seq_len_curriculum=32:0.3",
+                         "budget.tokens=200000", "train.log_every=5", name=mode)
+        summary = runs[mode][0]
+        assert summary["status"] == "completed", summary["reason"]
+    manager = get_manager(torch.cuda.current_device(), create_if_none_exists=False)
+    assert counters["inductor"]["cudagraph_skips"] == 0 and manager is not None and manager.roots  # graphs ran
+    curves = {mode: [m["loss"] for m in read_metrics(out)] for mode, (_, out) in runs.items()}
+    assert len(curves["reduce-overhead"]) == len(curves["default"]) > 5
+    assert curves["reduce-overhead"] == pytest.approx(curves["default"], abs=0.02)
+    assert runs["reduce-overhead"][0]["eval_loss"] == pytest.approx(runs["default"][0]["eval_loss"], abs=0.02)
