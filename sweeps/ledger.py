@@ -593,7 +593,9 @@ class ReuseRules:
     The config hash fixes the experiment (every config group, the budget included), so the question is only
     what else would make the stored number differ from the one this run would measure. Stale, not reused:
     - another trainer backend (the fake one of the tests must never stand in for real training);
-    - other downstream settings (the trial's scores would sit in a column measured another way);
+    - other downstream settings, where this run fine-tunes (the trial's scores would sit in a column measured
+      another way). A run without downstream takes a fine-tuned source as it is: fine-tuning runs after the
+      budget, so the pretraining result is the one this run would measure, and the scores are extra columns;
     - under a seconds budget, other hardware (the hardware string holds the device and, on CPU, the torch
       threads): what a second buys depends on the machine. Token and FLOP budgets are machine-independent.
     Not stale: another git SHA or a dirty tree, other library versions, another host. These stay on the
@@ -610,7 +612,7 @@ class ReuseRules:
         if definition.get("backend", "cram_core") != self.backend:
             return f"trained by backend {definition.get('backend', 'cram_core')}"
         ds = definition.get("downstream")
-        if (DownstreamSpec.from_dict(ds).identity() if ds else None) != self.downstream:
+        if self.downstream is not None and (DownstreamSpec.from_dict(ds).identity() if ds else None) != self.downstream:
             return "other downstream settings"
         if source.budget_kind == "seconds":
             here = self.hardware(planned)

@@ -131,3 +131,41 @@ def test_a_travel_budget_records_its_conversion_in_each_trial(tmp_path, capsys):
         budget = (json.loads(r[5]) if isinstance(r[5], str) else r[5])["budget"]
         assert budget["conversion"]["gpu"] == "RTX 2080 Ti" and budget["conversion"]["flops"] == pytest.approx(r[4])
         assert budget["text"].startswith(("0.5s@2080ti = ", "1s@2080ti = "))
+
+
+def test_a_scaling_sweep_reuses_the_middle_budget_of_a_sweep_that_also_fine_tuned(tmp_path):
+    # before: a run without --downstream passed over every trial of a sweep run with it ("other downstream
+    # settings"), so a scaling sweep retrained the finished `mlp` trials of its middle budget
+    from sweeps.ledger import Ledger, ReuseRules
+    from sweeps.trial import DownstreamSpec
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    spec = DownstreamSpec(tasks=("sva",), seeds=1, epochs=3, max_train=8000, max_dev=None, data_root="/eval")
+    one = resolve(SWEEPS["mlp"], preset="tiny", seeds=2, budget="2e12flop")
+    grid = resolve(grid_sweep("mlp_sc", ["model.mlp=plain"]), preset="tiny", seeds=2,
+                   budgets=["1e12flop", "2e12flop", "4e12flop"])
+    ledger = Ledger(url)
+    try:
+        source_id = ledger.upsert_sweep(one, {"backend": "sweeps.testing", "downstream": spec.to_dict()})
+        rows, _ = ledger.plan(source_id, one.trials(), retry_failed=False)
+        for i, (row_id, planned) in enumerate(rows):
+            ledger.finish(row_id, {"status": "completed", "eval_loss": 3.0 + i, "budget": {
+                "kind": "flops", "amount": 2e12}, "evals": [{"task": "sva", "metric": "mcc", "value": 0.5}]})
+        sweep_id = ledger.upsert_sweep(grid, {"backend": "sweeps.testing"})
+        todo, _ = ledger.plan(sweep_id, grid.trials(), retry_failed=False)
+        assert len(todo) == 2 * 2 * 3
+        hardware = lambda p: "fake"  # noqa: E731
+        # with downstream asked (here: other settings) nothing is reused: the scores would not compare
+        other = DownstreamSpec(**{**spec.to_dict(), "epochs": 5}).identity()
+        left, reused, stale = ledger.reuse_finished(sweep_id, todo, ReuseRules(
+            backend="sweeps.testing", downstream=other, hardware=hardware))
+        assert reused == 0 and stale == {"other downstream settings": 4}
+        left, reused, stale = ledger.reuse_finished(sweep_id, todo, ReuseRules(
+            backend="sweeps.testing", downstream=None, hardware=hardware))
+        # baseline and plain MLP x 2 seeds at 2e12flop: the `mlp` trials, found by (config hash, seed)
+        assert reused == 4 and not stale and {p.budget.text for _, p in left} == {"1e12flop", "4e12flop"}
+    finally:
+        ledger.close()
+    linked = [r for r in _trials(url, "mlp_sc") if r[2] == "completed"]
+    assert sorted((r[0], r[1], r[4]) for r in linked) == [
+        ("baseline", 0, 2e12), ("baseline", 1, 2e12), ("mlp=plain", 0, 2e12), ("mlp=plain", 1, 2e12)]

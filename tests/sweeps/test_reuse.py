@@ -113,9 +113,12 @@ def test_what_makes_a_stored_result_stale() -> None:
         "trained by backend sweeps.testing"
     assert rules.stale_reason(_source(), {}, planned) is None  # stored before backends were recorded: the real one
     downstream = {"tasks": ["sva"], "seeds": 1, "epochs": 5, "max_train": None, "max_dev": None}
-    assert rules.stale_reason(_source(), {**definition, "downstream": downstream}, planned) == \
-        "other downstream settings"
+    # a run without downstream takes a fine-tuned source (its pretraining result is the same); one with it, not
+    assert rules.stale_reason(_source(), {**definition, "downstream": downstream}, planned) is None
     with_ds = dataclasses.replace(rules, downstream=downstream)
+    assert with_ds.stale_reason(_source(), definition, planned) == "other downstream settings"
+    assert with_ds.stale_reason(_source(), {**definition, "downstream": {**downstream, "epochs": 3}}, planned) == \
+        "other downstream settings"
     assert with_ds.stale_reason(_source(), {**definition, "downstream": {**downstream, "data_root": "/x"}},
                                 planned) is None
 
