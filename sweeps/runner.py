@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from cram_core.cli import unknown_name
 from cram_core.config import ConfigError, DataConfig, RunConfig, apply_overrides
@@ -42,8 +43,8 @@ from sweeps.gpu_monitor import GpuBusy, GpuMonitor
 from sweeps.ledger import Ledger, ReuseRules
 from sweeps.live import LiveProgress, format_seconds
 from sweeps.mirror import OptunaMirror, grid_space, trial_attrs
-from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, load_backend, objective,
-                          one_line, trial_main)
+from sweeps.trial import (DownstreamSpec, describe_downstream, downstream_scores, fault_digest, fault_path,
+                          load_backend, objective, one_line, read_fault, trial_main)
 
 if TYPE_CHECKING:
     from analysis.stats import Best
@@ -182,6 +183,10 @@ class _Driver:
         "Tune trial id -> {row, optuna, variant, seed, hash, summarised}"
         self.search = resolved.sweep.is_search
         self.last_heartbeat = time.monotonic()
+        self.fault_dir: str | None = None
+        "where trial workers leave their Python stacks when a signal kills them (`_fit` sets it)"
+        self.deaths: dict[str, list[dict[str, Any]]] = {}
+        "Tune trial id -> what is known of each dead worker of its attempts: kept in the trial's final summary"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.active:  # the same Tune trial again: a restore we did not ask for
@@ -228,9 +233,8 @@ class _Driver:
         # reached only when the worker itself died (e.g. killed for memory): trial_main catches the rest
         if trial.trial_id not in self.active:  # it died before it started: give it its rows first
             self.on_trial_start(iteration, trials, trial)
-        error = trial.get_error()
-        reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
-        self._finish(trial.trial_id, {"status": "failed", "reason": f"worker error: {reason}"})
+        reason, note = self._death(trial)
+        self._finish(trial.trial_id, {"status": "failed", "reason": f"worker error: {reason}; {note}"})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Its worker or node died and Tune (FailureConfig) runs it again from the start: the attempt's points
@@ -240,13 +244,29 @@ class _Driver:
         if t is None or t["summarised"]:
             return
         self.ledger.restart(t["row"])
+        reason, note = self._death(trial)
         if not self.search:
-            error = trial.get_error()
-            reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
-            self.mirror.set_attrs(t["optuna"], {"status": "failed", "status_reason": f"retried: {reason}"})
+            self.mirror.set_attrs(t["optuna"], {"status": "failed", "status_reason": f"retried: {reason}; {note}"})
             self.mirror.finish(t["optuna"], None)
         self.progress.running.pop(trial.trial_id, None)  # not finished: it is queued again
-        self.progress.console.print(f"[yellow]{t['variant']} (seed {t['seed']}): worker died, retrying[/]")
+        self.progress.console.print(f"[yellow]{escape(t['variant'])} (seed {t['seed']}): worker died, retrying: "
+                                    f"{escape(note)}[/]", soft_wrap=True)
+
+    def _death(self, trial: Any) -> tuple[str, str]:
+        """(Tune's error line, one line on how the worker died) for a trial whose worker died; the full fault
+        text, if its worker left one, is kept for the trial's summary (`worker_deaths`)."""
+        error = trial.get_error()
+        reason = one_line(str(error).strip().splitlines()[-1]) if error else "the trial's worker died"
+        path = fault_path(self.fault_dir, trial.trial_id) if self.fault_dir else None
+        fault = read_fault(path) if path else None
+        if fault:
+            note = fault_digest(fault)
+        elif _raised_in_trial(trial):
+            note = "an exception in the trial function, not a dead process"
+        else:
+            note = "no fault file, so no fatal signal Python saw: likely a SIGKILL (the OOM killer?) or a lost node"
+        self.deaths.setdefault(trial.trial_id, []).append({"error": reason, "note": note, "fault": fault})
+        return reason, note
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t = self.active.get(trial.trial_id)
@@ -258,6 +278,8 @@ class _Driver:
         if t["summarised"]:
             return
         t["summarised"] = True
+        if tune_id in self.deaths:  # the stacks its dead workers left, in the store with the trial
+            summary = {**summary, "worker_deaths": self.deaths[tune_id]}
         if summary.get("budget"):  # the budget as the user gave it, and a DURATION@GPU budget's conversion
             summary = {**summary, "budget": {**summary["budget"], "text": t["budget_text"],
                                              **_conversion(t["budget_text"])}}
@@ -293,6 +315,14 @@ class _Driver:
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [t for t in self.active.values() if not t["summarised"]]
+
+
+def _raised_in_trial(trial: Any) -> bool:
+    """Whether the trial's error is an exception its function raised (Ray wraps those in a RayTaskError), where
+    a dead worker's is an actor's death (and a lost node's may have none stored)."""
+    from ray.exceptions import RayTaskError
+
+    return isinstance(trial.get_pickled_error(), RayTaskError)
 
 
 def _conversion(label: str) -> dict[str, Any]:
@@ -773,12 +803,15 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
         static["labels"] = [f"{planned.variant}-seed{planned.seed}" for _, planned in grid_rows]
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=placement.concurrency, reuse_actors=True)
         param_space = {"index": tune.grid_search(list(range(len(grid_rows))))}
-    trainable = tune.with_resources(tune.with_parameters(trial_main, static=static), resources)
     # Tune's run folder must be storage every node shares once trials run on several machines (Ray >= 2.7);
     # a local folder is shared only on one machine. Its experiment state is not used for resume (the store
     # is), so a run's folder is removed afterwards: a unique name keeps two runs on one path apart.
     storage = opts.storage_path or tempfile.mkdtemp(prefix="cram-tune-")
     run_name = f"{resolved.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    # a worker killed by a signal leaves its Python stacks here (workers on this machine; on a cluster's other
+    # nodes the file stays on that node); the driver moves each one into the trial's summary in the store
+    driver.fault_dir = static["fault_dir"] = os.path.join(RAY_TEMP_DIR, "faults", run_name)
+    trainable = tune.with_resources(tune.with_parameters(trial_main, static=static), resources)
     try:
         tuner = tune.Tuner(
             trainable, param_space=param_space, tune_config=tune_config,
@@ -789,6 +822,7 @@ def _fit(resolved: ResolvedSweep, opts: RunOptions, placement: Placement, grid_r
         tuner.fit()
     finally:
         _remove_run_folder(storage, run_name, whole=opts.storage_path is None)
+        shutil.rmtree(driver.fault_dir, ignore_errors=True)
 
 
 def _remove_run_folder(storage: str, run_name: str, *, whole: bool) -> None:

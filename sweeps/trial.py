@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import importlib
 import math
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -154,15 +156,80 @@ def trial_main(config: dict[str, Any], static: dict[str, Any]) -> None:
         keep = Path(static["keep_models"]) / safe_name(label)
     downstream = DownstreamSpec.from_dict(static["downstream"]) if static.get("downstream") else None
     gpus = static.get("gpus_per_trial", 0.0)  # above 1 a whole number (the driver's `place` checked)
-    summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep,
-                        on_trained=flush, world_size=int(gpus) if gpus > 1 else 1)
-    flush()
-    summary = {k: _plain(v) for k, v in summary.items()}
-    summary["node"] = _ray_node()
-    summary["gpus"] = _gpu_ids()
-    value = objective(summary) if summary.get("status") == "completed" else None
-    # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
-    tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
+    faults = fault_path(static["fault_dir"], tune.get_context().get_trial_id()) if static.get("fault_dir") else None
+    with fault_file(faults):
+        summary = run_trial(cfg, backend=static["backend"], callback=callback, downstream=downstream, keep=keep,
+                            on_trained=flush, world_size=int(gpus) if gpus > 1 else 1)
+        flush()
+        summary = {k: _plain(v) for k, v in summary.items()}
+        summary["node"] = _ray_node()
+        summary["gpus"] = _gpu_ids()
+        value = objective(summary) if summary.get("status") == "completed" else None
+        # NaN, not None, for a trial without a result: OptunaSearch tells NaN as FAIL but None as PRUNED
+        tune.report({"kind": "summary", "summary": summary, "objective": float("nan") if value is None else value})
+
+
+# ---------------------------------------------------------------- a worker's death
+
+
+FAULT_TEXT_MAX = 32_000
+"characters of a fault file kept in the store (its end: the crashing thread comes last)"
+
+
+def fault_path(fault_dir: str | Path, trial_id: str) -> Path:
+    """The file where the worker running Tune trial ``trial_id`` leaves its Python stacks if it dies of a signal."""
+    return Path(fault_dir) / f"{safe_name(trial_id)}.txt"
+
+
+@contextlib.contextmanager
+def fault_file(path: Path | None) -> Any:
+    """While inside, a fatal signal (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) writes the Python stack of every
+    thread of this process to ``path`` before the process dies; the driver reads it when Tune reports the
+    worker dead (`read_fault`). A SIGKILL (the OOM killer's) leaves the file empty. On the way out the file,
+    empty, is removed, and faulthandler is back as it was (Ray's workers: the current thread, to stderr)."""
+    if path is None:
+        yield
+        return
+    was_on = faulthandler.is_enabled()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "w") as f:  # faulthandler writes to its descriptor: open for as long as it is on
+            faulthandler.enable(file=f, all_threads=True)
+            try:
+                yield
+            finally:
+                if was_on:
+                    faulthandler.enable(file=sys.stderr, all_threads=False)
+                else:
+                    faulthandler.disable()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def read_fault(path: Path) -> str | None:
+    """The text a dead worker's faulthandler left at ``path`` (at most FAULT_TEXT_MAX characters, its end);
+    None when there is none. The file is removed: the text goes into the store."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    path.unlink(missing_ok=True)
+    if not text:
+        return None
+    return text if len(text) <= FAULT_TEXT_MAX else "..." + text[-FAULT_TEXT_MAX:]
+
+
+def fault_digest(text: str) -> str:
+    """One line of a faulthandler dump: the error and the innermost frame of the thread that crashed, e.g.
+    'Fatal Python error: Segmentation fault, in File "x.py", line 12 in train'."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    error = one_line(next((line for line in lines if line.startswith("Fatal Python error")), lines[0] if lines else ""),
+                     120)  # the frame must fit on the line too
+    # the crashing thread is "Current thread ..." under all_threads, "Stack ..." otherwise
+    heads = [i for i, line in enumerate(lines) if line.startswith(("Current thread", "Stack (most recent"))]
+    start = heads[-1] + 1 if heads else 0
+    frame = next((line for line in lines[start:] if line.startswith("File ")), None)
+    return one_line(f"{error}, in {frame}" if frame else error)
 
 
 def _gpu_ids() -> list[int]:
