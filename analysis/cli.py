@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                               "they ran from an older checkout plus its working tree; default: none)")
     results.add_argument("--note", help="Markdown paragraph(s) for a Notes section at the end (default: none)")
     results.add_argument("--budget", metavar="B", help="a sweep run at several budgets: the page at this one "
-                                                       "(default: required for such a sweep)")
+                                                       "(default: such a sweep's scaling page)")
 
     scaling = sub.add_parser("scaling", help="a sweep run at several budgets (--budgets): fitted loss-compute "
                                              "curves, grow/hold/shrink verdicts, log-log plot (PNG + SVG)")
@@ -180,7 +180,12 @@ def _scaling(args: argparse.Namespace) -> None:
 
     view = scaling.scaling_view(load_sweep(args.store, args.sweep))  # ScalingError: one line, exit 2
     print(scaling.view_text(view))
-    for path in scaling.plot_scaling(view, args.out or plots.default_out_dir(args.sweep)):
+    try:
+        written = scaling.plot_scaling(view, args.out or plots.default_out_dir(args.sweep))
+    except plots.NothingToPlot as e:
+        print(e)
+        return
+    for path in written:
         print(path)
 
 

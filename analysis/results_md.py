@@ -4,7 +4,9 @@ Writes ``DIR/NAME.md`` with ``DIR/NAME-loss-tokens.png`` and ``DIR/NAME-loss-sec
 the page is meant for the repository, where SVG copies would only add weight). The page holds, in order: the
 provenance (as `analysis report` reads it, plus trial counts, GPU busy, dates), the command(s) that ran the
 sweep, the results table exactly as `analysis table --format md` prints it, the two loss figures, each
-variant's overrides and an optional note.
+variant's overrides and an optional note. A sweep run at several budgets (``sweeps run --budgets``) gets its
+scaling page instead (analysis.scaling: the loss, fit and grow/hold/shrink tables, log-log figures
+``NAME-scaling.png`` and ``NAME-scaling-seconds.png``), unless ``--budget`` picks one budget's page.
 
 Everything on the page comes from the store (or the options), and nothing from the moment it is written, so
 regenerating it from the same store gives the same bytes. The command is the one `sweeps run` recorded in the
@@ -129,25 +131,32 @@ def render(store_url: str, sweep_name: str, *, stem: str, commands: Sequence[str
     """The page's Markdown and its figures by file name; raises UnknownSweepError for a sweep the store lacks."""
     with using_store(store_url) as engine:
         frames = load_sweep(engine, sweep_name)
-        if budget is not None or len(scaling.stored_budgets(frames)) > 1:  # else the budgets read as extra seeds
+        several = budget is None and len(scaling.stored_budgets(frames)) > 1
+        if budget is not None:  # one budget of a sweep run at several (else the budgets read as extra seeds)
             frames = scaling.at_budget(frames, budget)
         facts = provenance(store_url, engine, frames, code_commit)
     recorded = list(commands) or list(frames.definition.get("commands") or [])
     command = "\n".join(recorded) or "# not recorded: this store predates recorded commands (give --command)"
     figures: dict[str, Any] = {}
-    try:
-        figures = {f"{stem}-{suffix}.png": plots.loss_figure(frames, x) for x, suffix in FIGURE_SUFFIXES.items()}
-        figure_lines = []
-        for (x, _), file_name in zip(FIGURE_SUFFIXES.items(), figures, strict=True):
-            figure_lines += [f"![{sweep_name}: loss vs {x}]({file_name})", "",
-                             f"*{report.FIGURE_CAPTIONS[f'loss_vs_{x}']}*", ""]
-    except plots.NothingToPlot as e:
-        figure_lines = [str(e), ""]
-    lines = [f"# Sweep `{sweep_name}`", "", "## Provenance", "",
+    if several:  # the scaling view: fitted curves across the budgets, not a table that pools them
+        budgets, table, figures, figure_lines = scaling.page_parts(frames, stem)
+        facts = [(k, budgets if k == "budget" else v) for k, v in facts]
+        title, curves = f"# Scaling sweep `{sweep_name}`", "## Loss against compute"
+    else:
+        table, title, curves = _table(frames), f"# Sweep `{sweep_name}`", "## Loss curves"
+        try:
+            figures = {f"{stem}-{suffix}.png": plots.loss_figure(frames, x) for x, suffix in FIGURE_SUFFIXES.items()}
+            figure_lines = []
+            for (x, _), file_name in zip(FIGURE_SUFFIXES.items(), figures, strict=True):
+                figure_lines += [f"![{sweep_name}: loss vs {x}]({file_name})", "",
+                                 f"*{report.FIGURE_CAPTIONS[f'loss_vs_{x}']}*", ""]
+        except plots.NothingToPlot as e:
+            figure_lines = [str(e), ""]
+    lines = [title, "", "## Provenance", "",
              *(f"- **{key}**: {value}" for key, value in facts), "",
              "## Command", "", "```bash", command, "```", "",
-             "## Results", "", _table(frames), "",
-             "## Loss curves", "", *figure_lines,
+             "## Results", "", table, "",
+             curves, "", *figure_lines,
              "## Variants", "", *_overrides(frames), ""]
     if note:
         lines += ["## Notes", "", note.strip(), ""]

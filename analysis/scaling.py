@@ -22,6 +22,9 @@ a t interval. An interval above 0: the advantage *grows* with compute (for a var
 it catches up); below 0: it *shrinks*; containing 0: it *holds*. Where the fitted line of the mean
 advantage against log budget meets zero is the budget at which the variant would cross the baseline;
 beyond the largest budget that is an extrapolation and is marked as one.
+
+``python -m analysis results NAME`` puts these tables and both log-log figures on a page to commit
+(`page_parts`, analysis.results_md), with the provenance and command of every other results page.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from sweeps.store import StoreError
 
 from analysis import stats
 from analysis.load import SweepFrames, Store, load_sweep
-from analysis.tables import (Table, baseline_variant, choose_loss_metric, fmt_delta, fmt_loss, to_markdown,
-                             variant_order)
+from analysis.tables import (NOISY_THROUGHPUT_PCT, Table, baseline_variant, choose_loss_metric, fmt_count,
+                             fmt_delta, fmt_loss, spread_pct, to_markdown, variant_order)
 
 MIN_BUDGETS_FOR_OFFSET = 4
 "budgets needed before the irreducible loss c is fitted (see the module docstring)"
@@ -106,7 +109,7 @@ class ScalingView:
     baseline: str | None
     metric: str
     points: pd.DataFrame
-    "one row per completed trial: variant, seed, budget, loss, flops, seconds"
+    "one row per completed trial: variant, seed, budget, loss, tokens, flops, seconds"
     fits: dict[str, CurveFit | None] = field(default_factory=dict)
     trends: dict[str, Trend] = field(default_factory=dict)
 
@@ -134,7 +137,8 @@ def scaling_points(frames: SweepFrames, metric: str) -> pd.DataFrame:
     done = t[(t["status"] == "completed") & np.isfinite(t[metric].astype(float))]
     return pd.DataFrame({"variant": done["variant"], "seed": done["seed"].astype(int),
                          "budget": done["budget_amount"].astype(float), "kind": done["budget_kind"],
-                         "loss": done[metric].astype(float), "flops": done["flops"].astype(float),
+                         "loss": done[metric].astype(float), "tokens": done["tokens"].astype(float),
+                         "flops": done["flops"].astype(float),
                          "seconds": done["seconds"].astype(float)}).reset_index(drop=True)
 
 
@@ -282,11 +286,27 @@ def loss_table(view: ScalingView) -> Table:
         for b, at in group.groupby("budget"):
             loss, ci = stats.mean_ci(at["loss"])
             rows.append({"variant": v, "budget": view.labels[b], "seeds": str(len(at)), "loss": fmt_loss(loss, ci),
-                         "FLOPs": _sci(at["flops"].mean()), "seconds": f"{at['seconds'].mean():.1f}"})
+                         "tokens": fmt_count(at["tokens"].mean()), "FLOPs": _sci(at["flops"].mean()),
+                         "seconds": f"{at['seconds'].mean():.1f}"})
     order = {v: i for i, v in enumerate(view.fits)}
     display = pd.DataFrame(rows).sort_values("variant", key=lambda s: s.map(order), kind="stable")
-    return Table(caption=f"{view.name}: {view.metric} (mean ± 95% t CI over seeds) against compute, per budget",
-                 display=display.reset_index(drop=True), raw=view.points)
+    caption = f"{view.name}: {view.metric} (mean ± 95% t CI over seeds) against compute, per budget. "
+    spread = throughput_spread_pct(view)
+    if spread > NOISY_THROUGHPUT_PCT:
+        caption += (f"Unreliable seconds: tokens/s of one variant varied by up to {spread:.1f}% between its trials "
+                    f"(> {NOISY_THROUGHPUT_PCT:.0f}%), so the machine, not the variant, set the seconds column and the "
+                    "loss-vs-seconds plot")
+    elif np.isfinite(spread):
+        caption += f"tokens/s of one variant varied by ≤ {spread:.1f}% between its trials"
+    return Table(caption=caption.strip(), display=display.reset_index(drop=True), raw=view.points)
+
+
+def throughput_spread_pct(view: ScalingView) -> float:
+    """The largest spread of tokens/s among one variant's trials (every seed and budget: the cost per token
+    does not depend on the budget), as `analysis table` reads it between seeds; NaN where nothing has two."""
+    tps = view.points["tokens"] / view.points["seconds"]
+    spreads = [spread_pct(tps[view.points["variant"] == v]) for v in view.fits]
+    return float(np.nanmax(spreads)) if np.isfinite(spreads).any() else math.nan
 
 
 def fit_table(view: ScalingView) -> Table:
@@ -352,24 +372,32 @@ def _fits_against(view: ScalingView, x: str) -> dict[str, CurveFit | None]:
 def scaling_figure(view: ScalingView, x: str = "flops") -> Any:
     """Log-log loss against compute (`x`: flops or seconds), one panel per variant: each seed's points, the
     fitted curve, and the baseline's fit dashed for reference."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    from analysis.plots import _new_figure
+    from analysis.plots import NothingToPlot, _new_figure
 
+    axis_name = {"flops": "training FLOPs", "seconds": "training seconds"}[x]
+    points = view.points[np.isfinite(view.points[x]) & (view.points[x] > 0)]
+    if points.empty:  # e.g. trials of a trainer that records no FLOPs
+        raise NothingToPlot(f"no trial of sweep {view.name!r} recorded its {axis_name}: no log-log plot against them")
     fits = _fits_against(view, x)
     variants = list(fits)
     cols = min(3, len(variants))
     rows = math.ceil(len(variants) / cols)
     fig = _new_figure(4.0 * cols, 3.2 * rows)
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
-    grid = np.geomspace(view.points[x].min() / 1.3, view.points[x].max() * 1.3, 100)
+    grid = np.geomspace(points[x].min() / 1.3, points[x].max() * 1.3, 100)
     base_fit = fits.get(view.baseline) if view.baseline else None
+    # under its own kind the x axis is the budgets: a tick at each, one that would crowd the last left out; other
+    # x (seconds of a FLOP budget) do not sit at the budgets (packing, the machine), so round values instead
     ticks: list[float] = []
-    for t in sorted(view.points.groupby("budget")[x].mean()):  # seconds of two budgets can nearly coincide
-        if not ticks or t > 1.25 * ticks[-1]:
-            ticks.append(float(t))
+    if x == view.kind or x == "flops":
+        min_step = 0.12 * math.log(grid[-1] / grid[0])
+        for t in sorted(points.groupby("budget")[x].mean()):
+            if not ticks or math.log(t / ticks[-1]) > min_step:
+                ticks.append(float(t))
     for ax, v in zip(axes, variants):
-        rows_v = view.points[view.points["variant"] == v]
+        rows_v = points[points["variant"] == v]
         ax.scatter(rows_v[x], rows_v["loss"], s=14, color="tab:blue", label="trials (each seed)")
         fit = fits[v]
         if fit is not None:
@@ -380,22 +408,64 @@ def scaling_figure(view: ScalingView, x: str = "flops") -> Any:
         ax.set_yscale("log")
         # ticks at the measured budgets and plain loss values: a narrow log range otherwise labels minor ticks
         # in overlapping scientific notation
-        ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+        if ticks:
+            ax.set_xticks(ticks, [_tick(t) for t in ticks])
+        else:
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
         ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
         verdict = view.trends[v].verdict if v in view.trends else ""
         ax.set_title(v + (f" (advantage {verdict})" if verdict else ""), fontsize=9)
-        ax.set_xlabel({"flops": "training FLOPs", "seconds": "training seconds"}[x])
+        ax.set_xlabel(axis_name)
         ax.set_ylabel(view.metric)
         ax.legend(fontsize=7)
+    for ax in axes[:len(variants)]:  # sharex hides them above the last row, also over an empty panel
+        ax.tick_params(axis="x", labelbottom=True)
     for ax in axes[len(variants):]:
         ax.set_visible(False)
     return fig
 
 
+FIGURE_CAPTIONS = {
+    "flops": "Held-out loss against training FLOPs, log-log, one panel per variant: each trial a dot (every seed "
+             "at every budget), the curve fitted to them, the baseline's fit dashed.",
+    "seconds": "The same against training seconds (budget clock): what the FLOPs cost on this machine.",
+}
+"page caption of each figure, by its x axis"
+
+
+def page_parts(frames: SweepFrames, stem: str) -> tuple[str, str, dict[str, Any], list[str]]:
+    """What `analysis results` puts on the page of a sweep run at several budgets, in place of one budget's
+    table: (budgets line, the scaling tables as Markdown, figures by file name, the figures' page lines)."""
+    from analysis.plots import NothingToPlot
+
+    view = scaling_view(frames)
+    budgets = "; ".join(view.labels[b] for b in view.budgets) + f" ({len(view.budgets)} budgets, {view.kind})"
+    figures: dict[str, Any] = {}
+    lines: list[str] = []
+    for x, caption in FIGURE_CAPTIONS.items():
+        file_name = f"{stem}-{'scaling' if x == 'flops' else 'scaling-' + x}.png"
+        try:
+            figures[file_name] = scaling_figure(view, x)
+        except NothingToPlot as e:
+            lines += [str(e), ""]
+            continue
+        lines += [f"![{view.name}: loss vs {x}, log-log]({file_name})", "", f"*{caption}*", ""]
+    return budgets, view_text(view), figures, lines
+
+
+def _tick(value: float) -> str:
+    """A short tick label: '7.3e15' rather than '7.3e+15', which neighbours 1.33x apart would overlap."""
+    text = f"{value:.2g}"
+    return text.replace("e+0", "e").replace("e+", "e")
+
+
 def plot_scaling(view: ScalingView, out_dir: Path) -> list[Path]:
+    """The log-log figures against FLOPs and seconds (PNG + SVG); one that has nothing to draw raises
+    NothingToPlot before anything is written."""
     from analysis.plots import save
 
-    return save(scaling_figure(view), out_dir, "scaling") + \
-        save(scaling_figure(view, "seconds"), out_dir, "scaling_seconds")
+    figures = {"scaling": scaling_figure(view), "scaling_seconds": scaling_figure(view, "seconds")}
+    return [path for stem, fig in figures.items() for path in save(fig, out_dir, stem)]

@@ -140,3 +140,65 @@ def test_a_one_budget_table_of_a_several_budget_sweep_needs_its_budget(tmp_path,
     for bad in ("1e18flop", "lots"):
         assert analysis_main(["table", "scal", "--store", url, "--budget", bad]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_analysis_results_writes_the_scaling_page_of_a_several_budget_sweep(tmp_path, capsys):
+    url = _advantage_store(tmp_path)
+    out = tmp_path / "docs"
+    assert analysis_main(["results", "scal", "--store", url, "--out", str(out), "--note", "Read it so."]) == 0
+    names = ["scal.md", "scal-scaling.png", "scal-scaling-seconds.png"]
+    assert capsys.readouterr().out.split() == [str(out / n) for n in names]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    page = (out / "scal.md").read_text()
+    assert page.startswith("# Scaling sweep `scal`")
+    assert "- **budget**: 1e+15flop; 1e+16flop; 1e+17flop (3 budgets, flops)" in page
+    assert "- **trials**: 36 completed, 0 diverged, 0 failed (of 36)" in page
+    # the three tables `analysis scaling` prints, between Results and the figures
+    assert analysis_main(["scaling", "scal", "--store", url, "--out", str(tmp_path / "plots")]) == 0
+    tables = capsys.readouterr().out.split("\n" + str(tmp_path / "plots"))[0].strip()
+    assert f"## Results\n\n{tables}\n\n## Loss against compute" in page and "| shrinks |" in page
+    assert "](scal-scaling.png)" in page and "](scal-scaling-seconds.png)" in page
+    assert page.endswith("## Notes\n\nRead it so.\n")
+    again = tmp_path / "again"
+    assert analysis_main(["results", "scal", "--store", url, "--out", str(again), "--note", "Read it so."]) == 0
+    assert (again / "scal.md").read_text() == page  # the same bytes from the same store
+    # one budget's page: the usual table, at that budget only
+    one = tmp_path / "one"
+    assert analysis_main(["results", "scal", "--store", url, "--out", str(one), "--budget", "1e16flop"]) == 0
+    assert "# Sweep `scal`" in (one / "scal.md").read_text()
+
+
+def test_a_sweep_without_recorded_flops_plots_against_seconds_only(tmp_path, capsys):
+    url = _advantage_store(tmp_path)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(TrialRow.__table__.update().values(flops=None))
+    engine.dispose()
+    out = tmp_path / "docs"
+    assert analysis_main(["results", "scal", "--store", url, "--out", str(out)]) == 0
+    page = (out / "scal.md").read_text()
+    assert "recorded its training FLOPs: no log-log plot against them" in page and "](scal-scaling-seconds.png)" in page
+    assert not (out / "scal-scaling.png").exists() and "| no fit |" in page
+    capsys.readouterr()
+    assert analysis_main(["scaling", "scal", "--store", url, "--out", str(tmp_path / "plots")]) == 0
+    assert "no log-log plot against them" in capsys.readouterr().out and not (tmp_path / "plots").exists()
+
+
+def test_seconds_that_the_machine_set_are_flagged_and_ticks_stay_short(tmp_path):
+    from analysis.scaling import _tick, loss_table, scaling_figure
+
+    url = _advantage_store(tmp_path)
+    view = scaling_view(load_sweep(url, "scal"))
+    assert "tokens/s of one variant varied by ≤ 0.0% between its trials" in loss_table(view).caption
+    engine = make_engine(url)
+    with engine.begin() as conn:  # one trial of the baseline 20% slower: its neighbours took the machine
+        first = conn.execute(TrialRow.__table__.select().where(TrialRow.variant == "baseline")).first()
+        conn.execute(TrialRow.__table__.update().where(TrialRow.id == first.id).values(seconds=first.seconds * 1.2))
+    engine.dispose()
+    view = scaling_view(load_sweep(url, "scal"))
+    assert "Unreliable seconds: tokens/s of one variant varied by up to 20.0% between its trials (> 10%)" in \
+        loss_table(view).caption
+    assert [_tick(x) for x in (5.475e15, 7.3e15, 1.46e16, 2.6e11, 90.0)] == ["5.5e15", "7.3e15", "1.5e16", "2.6e11",
+                                                                            "90"]
+    ax = scaling_figure(view).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1e15", "1e16", "1e17"]
