@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _command(url: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps", "run", "lr_schedules", "--backend", "sweeps.testing", "--budget", "2s",
+    # 1 s trials: still long enough that the kill lands with one running (at the kill: 1 completed, 1 running)
+    return [sys.executable, "-m", "sweeps", "run", "lr_schedules", "--backend", "sweeps.testing", "--budget", "1s",
             "--seeds", "1", "--store", url]
 
 
@@ -60,7 +61,7 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path, db_url: str) -> None:
     if at_kill.get("running"):
         assert "resuming" in second.stdout
 
-    resolved = resolve(SWEEPS["lr_schedules"], preset="tiny", budget="2s", seeds=1)
+    resolved = resolve(SWEEPS["lr_schedules"], preset="tiny", budget="1s", seeds=1)
     planned = {(t.variant, t.seed) for t in resolved.trials()}
     rows = query(db_url, "select id, variant, seed, status, optuna_trial_number from cram_trials")
     points = dict(query(db_url, "select trial_id, count(*) from cram_metrics group by trial_id"))
