@@ -165,6 +165,17 @@ def _fit_variant(rows: pd.DataFrame, num_budgets: int, c_ref: float, x: str = "f
                     num_seeds=len(seeds))
 
 
+def _trend_note(trend: Trend | None) -> str:
+    """' (ahead, lead grows)' / ' (behind, gap holds)': a variant behind the baseline has a gap, not an advantage;
+    the grow/hold/shrink word is still the slope of (baseline - variant) against compute."""
+    if trend is None or not trend.advantage or trend.verdict not in ("grows", "holds", "shrinks"):
+        return ""
+    last = trend.advantage[max(trend.advantage)][0]
+    side, word = ("ahead", "lead") if last > 0 else ("behind", "gap")
+    change = {"grows": "shrinks", "shrinks": "grows"}.get(trend.verdict, trend.verdict) if last <= 0 else trend.verdict
+    return f" ({side}, {word} {change})"
+
+
 def advantage_trend(variant: pd.DataFrame, baseline: pd.DataFrame) -> Trend | None:
     """The paired advantage (baseline loss - variant loss, per seed and budget) against log10 budget."""
     def pivot(rows: pd.DataFrame) -> pd.DataFrame:
@@ -416,8 +427,7 @@ def scaling_figure(view: ScalingView, x: str = "flops") -> Any:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
         ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
-        verdict = view.trends[v].verdict if v in view.trends else ""
-        ax.set_title(v + (f" (advantage {verdict})" if verdict else ""), fontsize=9)
+        ax.set_title(v + _trend_note(view.trends.get(v)), fontsize=9)
         ax.set_xlabel(axis_name)
         ax.set_ylabel(view.metric)
         ax.legend(fontsize=7)

@@ -202,3 +202,18 @@ def test_seconds_that_the_machine_set_are_flagged_and_ticks_stay_short(tmp_path)
                                                                             "90"]
     ax = scaling_figure(view).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1e15", "1e16", "1e17"]
+
+
+def test_the_panel_title_names_a_lead_or_a_gap_and_which_way_it_goes() -> None:
+    from analysis.scaling import Trend, _trend_note
+
+    def trend(last: float, verdict: str) -> Trend:
+        return Trend(advantage={1e15: (0.0, 0.1), 4e15: (last, 0.1)}, slope=0.0, slope_ci=0.0, verdict=verdict,
+                     crossing=float("nan"), crossing_note="")
+
+    assert _trend_note(trend(+0.05, "grows")) == " (ahead, lead grows)"
+    assert _trend_note(trend(+0.05, "holds")) == " (ahead, lead holds)"
+    assert _trend_note(trend(-0.05, "grows")) == " (behind, gap shrinks)"  # the advantage rises towards 0
+    assert _trend_note(trend(-0.05, "shrinks")) == " (behind, gap grows)"
+    assert _trend_note(trend(-0.05, "n=1, no CI")) == ""
+    assert _trend_note(None) == ""
