@@ -23,13 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BEFORE = Path(__file__).resolve().parents[3] / ".devdata" / "ft" / "before"
+"where pack.sh unpacks cram_core as of a09da37^ (repo root/.devdata/ft/before)"
 
 import cram_core  # noqa: E402  (the check below needs the import first)
 
-if Path(cram_core.__file__).resolve().parent != HERE / "before" / "cram_core":
-    sys.exit(f"before_bench.py: imported cram_core from {Path(cram_core.__file__).parent}, not {HERE / 'before'}; "
-             f"run with PYTHONPATH={HERE / 'before'} first")
+if Path(cram_core.__file__).resolve().parent != BEFORE / "cram_core":
+    sys.exit(f"ft_before_bench.py: imported cram_core from {Path(cram_core.__file__).parent}, not {BEFORE}; "
+             f"run with PYTHONPATH={BEFORE} first (bash docs/results/device/pack.sh makes it)")
 
 import torch  # noqa: E402
 from cram_core import downstream as old  # noqa: E402
@@ -48,7 +49,7 @@ def adapt_run(run_dir: Path, into: Path) -> list[str]:
         raw[group] = {k: v for k, v in values.items() if k in known}
     model_fields = [d for d in dropped if d.startswith("model.")]
     if model_fields:
-        sys.exit(f"before_bench.py: the old code lacks model field(s) {', '.join(model_fields)}: it would build "
+        sys.exit(f"ft_before_bench.py: the old code lacks model field(s) {', '.join(model_fields)}: it would build "
                  "another encoder; pretrain with the old trainer instead")
     (into / "config.json").write_text(json.dumps(raw, indent=2))
     for name in ("tokenizer.json", *old.WEIGHT_FILES.values()):
@@ -58,7 +59,7 @@ def adapt_run(run_dir: Path, into: Path) -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="before_bench.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="ft_before_bench.py", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--task", default="rt-polarity")
     p.add_argument("--seeds", type=int, default=5)
@@ -84,7 +85,7 @@ def main() -> int:
             records = old.evaluate_run(tmp, [args.task], data_root=args.data_root, seeds=args.seeds,
                                        epochs=args.epochs, max_train=args.max_train, device=args.device, log=log)
         except old.DownstreamError as e:
-            sys.exit(f"before_bench.py: {e}")
+            sys.exit(f"ft_before_bench.py: {e}")
         wall_s = time.perf_counter() - t0
 
     scores = [r["value"] for r in records]
