@@ -297,6 +297,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         placement = None
     if args.backend == "cram_core":
         _check_sources(resolved)
+        if placement is not None:  # on a cluster the trials' nodes check it
+            _check_precisions(resolved, placement.gpus_per_trial > 0)
     if args.max_failures is not None and args.max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
     if args.address is not None and not args.dry_run:
@@ -365,6 +367,19 @@ def _check_sources(resolved: ResolvedSweep) -> None:
     specs = {resolved.base.data.source} | {v.config.data.source for v in resolved.runnable_variants()}
     for spec in sorted(specs):
         parse_sources(spec)  # DataError is a ConfigError
+
+
+def _check_precisions(resolved: ResolvedSweep, on_gpu: bool) -> None:
+    """The trainer's device-dependent checks (impl.precision, impl.residual_dtype: hardware.check_precision) on
+    the device type the trials get: a config every trial would refuse fails here, in one line, not as N failed
+    trials in the store."""
+    import torch
+
+    from cram_core import hardware
+
+    impls = {resolved.base.impl} | {v.config.impl for v in resolved.runnable_variants()}
+    for impl in impls:
+        hardware.check_precision(impl, torch.device("cuda" if on_gpu else "cpu"))
 
 
 def _print_scaling(url: str, name: str, console: Console) -> None:

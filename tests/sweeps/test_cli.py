@@ -72,6 +72,9 @@ def test_dry_run_touches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) 
     (["run", "dropout", "--bogus"], "unrecognized arguments: --bogus"),
     (["run", "dropout", "--set", "data.source=jsonl:/nonexistent/*.jsonl.xz"], "matches no file"),
     (["run", "dropout", "--set", "data.source=foo:bar"], "unknown source kind 'foo'"),
+    # a check that needs the trials' device: CPU trials have no autocast dtype under impl.precision=auto
+    (["run", "dropout", "--gpus-per-trial", "0", "--set", "impl.residual_dtype=autocast"],
+     "impl.residual_dtype=autocast needs an autocast dtype and impl.precision=auto runs fp32 on cpu"),
 ])
 def test_bad_input_fails_before_the_store(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str],
                                           match: str) -> None:
