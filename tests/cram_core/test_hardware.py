@@ -127,6 +127,7 @@ def test_cuda_training_step_makes_no_host_sync():
 def test_fp8_compiled_training_on_cuda_tracks_bf16():
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 matmuls need compute capability >= 8.9")
+    pytest.importorskip("torchao", reason="impl.precision=fp8 needs torchao (pip install -e '.[fp8]')")
     curves = {}
     for precision in ("bf16", "fp8"):
         parts = parts_for("impl.device=cuda", f"impl.precision={precision}")
