@@ -61,7 +61,10 @@ def _gpu_busy(store_url: str, name: str) -> str:
         ledger.close()
     if not runs:
         return "not recorded"
-    return "; ".join(f"run {i}: {r.describe()}" for i, r in enumerate(runs, 1)) + \
+    from sweeps.gpu_monitor import GpuBusy
+
+    total = f"; all runs: {GpuBusy.combine(runs).describe()}" if len(runs) > 1 else ""
+    return "; ".join(f"run {i}: {r.describe()}" for i, r in enumerate(runs, 1)) + total + \
         " (Ray start and data preparation included)"
 
 

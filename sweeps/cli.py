@@ -474,8 +474,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 console.print(f"  downstream {describe_downstream(p.definition['downstream'])}")
             busy = ledger.gpu_busy(name)
             if busy:
+                from sweeps.gpu_monitor import GpuBusy
+
                 console.print(f"  GPU busy {busy[-1].describe()}"
-                              + (f" in the last of {len(busy)} runs" if len(busy) > 1 else ""))
+                              + (f" in the last of {len(busy)} runs; all runs: {GpuBusy.combine(busy).describe()}"
+                                 if len(busy) > 1 else ""))
             if args.name:
                 _print_trials(ledger, name, console)
         if not names:

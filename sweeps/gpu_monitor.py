@@ -51,6 +51,19 @@ class GpuBusy:
             f"GPU{i} {b:.1%}" for i, b in enumerate(self.per_gpu)) + "]"
         return f"{self.busy:.1%} of {minutes:.1f} min{per} (NVML at {self.rate_hz:.1f} Hz)"
 
+    @classmethod
+    def combine(cls, runs: list[GpuBusy]) -> GpuBusy:
+        """A resumed sweep's runs as one record: busy seconds and wall seconds summed per GPU index, so the figure
+        is the busy fraction of all the wall time the sweep took (each run's Ray start included)."""
+        if not runs:
+            raise ValueError("combine needs at least one run")
+        width = max(len(r.per_gpu) for r in runs)
+        wall = sum(r.wall_s for r in runs)
+        busy_s = [sum(r.per_gpu[i] * r.wall_s for r in runs if i < len(r.per_gpu)) for i in range(width)]
+        names = max((r.names for r in runs), key=len)
+        return cls(wall_s=wall, per_gpu=tuple(b / wall if wall > 0 else 0.0 for b in busy_s), names=names,
+                   samples=sum(r.samples for r in runs))
+
     def to_dict(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s, "per_gpu": list(self.per_gpu), "names": list(self.names),
                 "samples": self.samples}

@@ -122,6 +122,19 @@ def test_store_keeps_one_record_per_run_and_status_shows_the_last(tmp_path, caps
     cmd_status(Namespace(store=url, name=None))
     out = capsys.readouterr().out
     assert "GPU busy 92.0% of 2.0 min (NVML at 2.0 Hz) in the last of 2 runs" in out
+    # the sweep's whole wall time: (0.5 * 600 + 0.92 * 120) / 720 = 0.57
+    assert "all runs: 57.0% of 12.0 min (NVML at 2.0 Hz)" in out
+
+
+def test_combine_weights_runs_by_wall_time_per_gpu() -> None:
+    a = GpuBusy(wall_s=100.0, per_gpu=(1.0, 0.0), names=("A", "B"), samples=200)
+    b = GpuBusy(wall_s=300.0, per_gpu=(0.5, 1.0), names=("A", "B"), samples=600)
+    both = GpuBusy.combine([a, b])
+    assert both.wall_s == 400.0 and both.samples == 800
+    assert both.per_gpu == pytest.approx((250.0 / 400, 300.0 / 400))
+    assert GpuBusy.combine([a]) == a
+    with pytest.raises(ValueError):
+        GpuBusy.combine([])
 
 
 def test_run_sweep_measures_stores_and_reports_gpu_busy(ray_local, tmp_path, monkeypatch) -> None:
