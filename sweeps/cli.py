@@ -25,6 +25,7 @@ from cram_core.config import ConfigError
 from sweeps.adhoc import (check_new_name, find_sweep, grid_sweep, load_sweeps_file, stored_definitions,
                           sweep_from_definition)
 from sweeps.definitions import SWEEPS, ResolvedSweep, Sweep, resolve, stored_budget_text, trials_per_gpu
+from sweeps.gpu_monitor import GpuBusy
 from sweeps.store import DEFAULT_STORE, StoreError, store_url
 
 PROG = "python -m sweeps"
@@ -474,8 +475,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                 console.print(f"  downstream {describe_downstream(p.definition['downstream'])}")
             busy = ledger.gpu_busy(name)
             if busy:
-                from sweeps.gpu_monitor import GpuBusy
-
                 console.print(f"  GPU busy {busy[-1].describe()}"
                               + (f" in the last of {len(busy)} runs; all runs: {GpuBusy.combine(busy).describe()}"
                                  if len(busy) > 1 else ""))
